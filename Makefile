@@ -1,0 +1,56 @@
+# One task runner for people and CI. Every target installs what it needs itself.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_WORKERS ?= 2
+
+.PHONY: help venv packages lint format test test-unit env-start env-stop lock clean
+
+help:
+	@echo "make test       lint and run the whole suite (installs everything it needs)"
+	@echo "make lint       ruff, ruff format --check, mypy strict"
+	@echo "make env-start  start the local stand-in environment in .localenv/ (env-stop stops it)"
+
+$(STAMP): requirements-dev.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+packages:
+	@bash deploy/local/ensure-packages.sh
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint packages
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup
+
+test-unit: venv
+	$(BIN)/pytest tests/unit
+
+env-start: venv packages
+	$(BIN)/python -m localenv start --dir .localenv
+
+env-stop: venv
+	$(BIN)/python -m localenv stop --dir .localenv
+
+# Regenerates the lock files from pyproject.toml (needs the network to PyPI).
+lock:
+	$(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install --quiet uv
+	.lock-venv/bin/uv pip compile pyproject.toml --python-version 3.11 --generate-hashes -q -o requirements.lock
+	.lock-venv/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes -q -o requirements-dev.lock
+	rm -rf .lock-venv
+
+clean:
+	rm -rf $(VENV) .localenv .pytest_cache .mypy_cache .ruff_cache

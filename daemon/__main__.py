@@ -1,0 +1,5 @@
+"""Allows ``python -m daemon``."""
+
+from daemon.cli import main
+
+raise SystemExit(main())

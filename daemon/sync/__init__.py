@@ -1,0 +1,1 @@
+"""The sync algorithm: pure code over plain values (no sockets, sessions or clocks)."""
