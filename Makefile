@@ -6,9 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: help venv packages lint format test test-unit env-start env-stop lock clean
+.PHONY: help venv packages lint format test test-unit env-start env-stop lock clean demo
 
 help:
+	@echo "make demo       run mailsyncd end to end on the local stand-in environment (SQLite)"
 	@echo "make test       lint and run the whole suite (installs everything it needs)"
 	@echo "make lint       ruff, ruff format --check, mypy strict"
 	@echo "make env-start  start the local stand-in environment in .localenv/ (env-stop stops it)"
@@ -39,11 +40,14 @@ test: lint packages
 test-unit: venv
 	$(BIN)/pytest tests/unit
 
+demo: venv packages
+	PYTHONPATH=deploy/local $(BIN)/python deploy/local/demo.py
+
 env-start: venv packages
-	$(BIN)/python -m localenv start --dir .localenv
+	PYTHONPATH=deploy/local $(BIN)/python -m localenv start --dir .localenv
 
 env-stop: venv
-	$(BIN)/python -m localenv stop --dir .localenv
+	PYTHONPATH=deploy/local $(BIN)/python -m localenv stop --dir .localenv
 
 # Regenerates the lock files from pyproject.toml (needs the network to PyPI).
 lock:

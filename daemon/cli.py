@@ -1,4 +1,4 @@
-"""Command line entry point of mailsyncd."""
+"""Command line of mailsyncd: run, validate, migrate (exit codes as the SPEC lists them)."""
 
 from __future__ import annotations
 
@@ -16,12 +16,40 @@ def build_parser() -> argparse.ArgumentParser:
         description="Keeps the message metadata of Microsoft 365 mailboxes in a SQL database.",
     )
     parser.add_argument("--version", action="version", version=f"mailsyncd {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument(
+            "-c",
+            "--config",
+            metavar="FILE",
+            help="configuration file (default: $MAILSYNCD_CONFIG)",
+        )
+        return sub
+
+    run = with_config("run", "run until SIGTERM/SIGINT, migrating the schema first")
+    run.add_argument(
+        "--no-migrate", action="store_true", help="do not migrate; fail if the schema is behind"
+    )
+    with_config("validate", "parse and validate the configuration, print every error")
+    with_config("migrate", "bring the database schema to head and exit")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return its exit code."""
     parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help(sys.stderr)
-    return 2
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2  # the SPEC's exit code for a command line that cannot run
+    # Imported here so that `--version` and `--help` stay fast and side-effect free.
+    from daemon import commands  # noqa: PLC0415
+
+    handler = {
+        "run": commands.run,
+        "validate": commands.validate,
+        "migrate": commands.migrate,
+    }[args.command]
+    return handler(args)

@@ -179,7 +179,15 @@ class LocalEnv:
         *,
         tenants: tuple[str, ...] = ("contoso", "fabrikam"),
         token_lifetime: float = 3600,
+        fixed_ids: dict[str, tuple[str, str]] | None = None,
+        imap_port: int = 0,
+        idp_port: int = 0,
     ) -> LocalEnv:
+        """Create and start an environment in ``root``.
+
+        ``fixed_ids`` maps tenant names to (tenant_id, client_id) and the ports may be fixed,
+        so that a static configuration file (the demo's) can describe it; 0 picks free ports.
+        """
         root = root.resolve()
         root.mkdir(parents=True, exist_ok=True)
         # Dovecot's auth and mail processes run as other users and must reach these files.
@@ -190,7 +198,16 @@ class LocalEnv:
                     f"{parent} is not searchable by other users, so Dovecot could not read its "
                     f"files under {root}: choose a directory elsewhere (e.g. under /tmp)"
                 )
-        env = cls(cls._prepare(root, tenants, token_lifetime))
+        env = cls(
+            cls._prepare(
+                root,
+                names=tenants,
+                token_lifetime=token_lifetime,
+                fixed_ids=fixed_ids or {},
+                imap_port=imap_port,
+                idp_port=idp_port,
+            )
+        )
         try:
             env._launch()
         except BaseException:
@@ -241,7 +258,15 @@ class LocalEnv:
 
     # -- set-up ---------------------------------------------------------------------------
     @staticmethod
-    def _prepare(root: Path, names: tuple[str, ...], token_lifetime: float) -> EnvInfo:
+    def _prepare(
+        root: Path,
+        *,
+        names: tuple[str, ...],
+        token_lifetime: float,
+        fixed_ids: dict[str, tuple[str, str]],
+        imap_port: int,
+        idp_port: int,
+    ) -> EnvInfo:
         tls = root / "tls"
         secrets_dir = root / "secrets"
         ca = pki.CertificateAuthority.create()
@@ -260,8 +285,7 @@ class LocalEnv:
 
         tenants: list[TenantInfo] = []
         for name in names:
-            tenant_id = str(uuid.uuid4())
-            client_id = str(uuid.uuid4())
+            tenant_id, client_id = fixed_ids.get(name, (str(uuid.uuid4()), str(uuid.uuid4())))
             cert_key, cert = pki.self_signed(f"mailsyncd-{name}")
             tdir = secrets_dir / name
             secret_file = pki.write_private(
@@ -287,8 +311,8 @@ class LocalEnv:
             dir=str(root),
             ca_file=str(ca_file),
             imap_host="127.0.0.1",
-            imap_port=_free_port(),
-            idp_port=0,
+            imap_port=imap_port or _free_port(),
+            idp_port=idp_port,
             fixture_password=secrets.token_urlsafe(16),
             signing_key_file=str(root / "idp" / "signing.key"),
             kid=kid,
@@ -300,7 +324,7 @@ class LocalEnv:
             env.write_federated_token(tenant.name)
         idp_config = {
             "host": "127.0.0.1",
-            "port": 0,
+            "port": idp_port,
             "cert_file": str(tls / "server.crt"),
             "key_file": str(tls / "server.key"),
             "signing_key_file": info.signing_key_file,

@@ -1,0 +1,268 @@
+"""MSAL adapter: one ConfidentialClientApplication and one shared token per tenant.
+
+MSAL serves tokens from its own cache until five minutes before expiry; the SPEC wants a new
+token once 2/3 of the lifetime has passed, so this adapter keeps the token itself and empties
+MSAL's cache (``remove_tokens_for_client``) before asking again. Exactly one request per tenant
+is in flight: the others keep using the current token while it is valid, or wait for the one
+request when there is none. Every MSAL failure shape is translated here, in one place:
+error dicts (AADSTS codes), ``MsalServiceError`` (5xx), ``requests`` exceptions (network), and
+the ``ValueError`` that OIDC discovery raises for an unknown tenant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msal
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from daemon.auth import AccessToken
+from daemon.auth.errors import TokenRejected, TokenUnavailable
+from daemon.auth.hints import PERMANENT_CODES, hint_for
+from daemon.config import SecretReadError, Tenant
+
+REFRESH_FRACTION = 2 / 3
+HTTP_TIMEOUT = 15.0
+# Hosts of Microsoft's clouds, where MSAL's instance discovery works; elsewhere it is off.
+MICROSOFT_AUTHORITY_HOSTS = frozenset(
+    {
+        "login.microsoftonline.com",
+        "login.microsoftonline.us",
+        "login.chinacloudapi.cn",
+        "login.partner.microsoftonline.cn",
+    }
+)
+
+TokenObserver = Callable[[str, bool, AccessToken | None], None]
+"""Called after every token request: (tenant name, succeeded, token)."""
+
+
+def _thumbprint(certificate_pem: str) -> str:
+    cert = x509.load_pem_x509_certificate(certificate_pem.encode())
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return hashlib.sha1(der).hexdigest().upper()  # noqa: S324 - the thumbprint Entra expects
+
+
+def _aadsts_code(result: dict[str, Any]) -> int | None:
+    codes = result.get("error_codes") or []
+    return int(codes[0]) if codes else None
+
+
+def _first_aadsts_in_chain(exc: BaseException) -> int | None:
+    seen: BaseException | None = exc
+    while seen is not None:
+        text = str(seen)
+        marker = text.find("AADSTS")
+        if marker >= 0:
+            digits = "".join(ch for ch in text[marker + 6 : marker + 16] if ch.isdigit())
+            if digits:
+                return int(digits)
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _network_in_chain(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, requests.RequestException | OSError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+@dataclass
+class _TenantState:
+    tenant: Tenant
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    app: Any = None
+    token: AccessToken | None = None
+    thumbprint: str = ""
+
+
+class MsalTokenProvider:
+    """The ``TokenProvider`` of the daemon, backed by MSAL."""
+
+    def __init__(
+        self,
+        tenants: Sequence[Tenant],
+        *,
+        ca_file: str | None = None,
+        observer: TokenObserver | None = None,
+        clock: Callable[[], float] = time.time,
+        refresh_fraction: float = REFRESH_FRACTION,
+    ) -> None:
+        self._tenants = {t.name: _TenantState(t) for t in tenants}
+        self._ca_file = ca_file
+        self._observer = observer
+        self._clock = clock
+        self._refresh_fraction = refresh_fraction
+
+    def token(self, tenant: str) -> AccessToken:
+        """The tenant's current token, asking the platform when none is fresh enough."""
+        state = self._tenants[tenant]
+        current = state.token
+        now = self._clock()
+        if current is not None and now < current.refresh_at(self._refresh_fraction):
+            return current
+        if (
+            current is not None
+            and now < current.expires_at
+            and not state.lock.acquire(blocking=False)
+        ):
+            return current  # another poll is already renewing it
+        if current is None or now >= current.expires_at:
+            state.lock.acquire()
+        try:
+            current = state.token
+            now = self._clock()
+            if current is not None and now < current.refresh_at(self._refresh_fraction):
+                return current
+            try:
+                fresh = self._request(state)
+            except TokenUnavailable:
+                if current is not None and self._clock() < current.expires_at:
+                    return current  # still valid: polls go on, the next one retries
+                raise
+            state.token = fresh
+            return fresh
+        finally:
+            state.lock.release()
+
+    def invalidate(self, tenant: str) -> None:
+        """Forget the tenant's token (e.g. the server said it expired)."""
+        self._tenants[tenant].token = None
+
+    # -- MSAL -----------------------------------------------------------------------------
+    def _session(self) -> requests.Session:
+        session = requests.Session()
+        if self._ca_file:
+            session.verify = self._ca_file
+            # Otherwise REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE silently override `verify`.
+            session.trust_env = False
+        return session
+
+    def _credential(self, state: _TenantState) -> Any:
+        credential = state.tenant.credential
+        if credential.certificate is not None:
+            cert_pem = credential.certificate.read_certificate()
+            state.thumbprint = _thumbprint(cert_pem)
+            value: dict[str, Any] = {
+                "private_key": credential.certificate.read_private_key().get_secret_value(),
+                "thumbprint": state.thumbprint,
+            }
+            if credential.certificate.send_certificate_chain:
+                value["public_certificate"] = cert_pem
+            return value
+        if credential.federated_token_file is not None:
+            # Re-read for every request: the platform rotates the projected token file.
+            return {
+                "client_assertion": lambda: credential.read_federated_token().get_secret_value()
+            }
+        return credential.read_client_secret().get_secret_value()
+
+    def _app(self, state: _TenantState) -> Any:
+        if state.app is not None:
+            return state.app
+        tenant = state.tenant
+        host = tenant.authority_host.removeprefix("https://")
+        try:
+            state.app = msal.ConfidentialClientApplication(
+                tenant.client_id,
+                client_credential=self._credential(state),
+                authority=tenant.authority,
+                instance_discovery=host in MICROSOFT_AUTHORITY_HOSTS,
+                http_client=self._session(),
+                timeout=HTTP_TIMEOUT,
+            )
+        except SecretReadError as exc:
+            raise TokenRejected(
+                f"tenant {tenant.name}: cannot read the credential ({exc})",
+                code=None,
+                hint="check that the secret file exists and is readable by the daemon's user",
+            ) from None
+        except ValueError as exc:
+            # OIDC discovery failed while building the app: unknown tenant or no network.
+            code = _first_aadsts_in_chain(exc)
+            if code is None and _network_in_chain(exc):
+                raise TokenUnavailable(
+                    f"tenant {tenant.name}: identity platform unreachable at {tenant.authority}",
+                    hint=self._tls_hint(exc),
+                ) from None
+            raise self._rejected(state, code, "authority discovery failed") from None
+        return state.app
+
+    def _request(self, state: _TenantState) -> AccessToken:
+        tenant = state.tenant
+        try:
+            app = self._app(state)
+            app.remove_tokens_for_client()
+            started = self._clock()
+            result = app.acquire_token_for_client(scopes=[tenant.scope])
+        except (TokenUnavailable, TokenRejected):
+            self._observe(tenant.name, ok=False)
+            raise
+        except msal.exceptions.MsalServiceError as exc:
+            self._observe(tenant.name, ok=False)
+            raise TokenUnavailable(
+                f"tenant {tenant.name}: identity platform error ({type(exc).__name__})"
+            ) from None
+        except requests.RequestException as exc:
+            self._observe(tenant.name, ok=False)
+            raise TokenUnavailable(
+                f"tenant {tenant.name}: token request failed: {type(exc).__name__}",
+                hint=self._tls_hint(exc),
+            ) from None
+        if "access_token" not in result:
+            self._observe(tenant.name, ok=False)
+            code = _aadsts_code(result)
+            error = str(result.get("error", "unknown_error"))
+            if code in PERMANENT_CODES:
+                raise self._rejected(state, code, error)
+            raise TokenUnavailable(
+                f"tenant {tenant.name}: token request failed: {error}"
+                + (f" (AADSTS{code})" if code else ""),
+                hint=hint_for(code),
+            )
+        expires_in = float(result.get("expires_in") or 3600)
+        token = AccessToken(
+            value=result["access_token"], expires_at=started + expires_in, obtained_at=started
+        )
+        self._observe(tenant.name, ok=True, token=token)
+        return token
+
+    def _rejected(self, state: _TenantState, code: int | None, what: str) -> TokenRejected:
+        tenant = state.tenant
+        credential = tenant.credential
+        source = (
+            f"credential.client_secret_env ({credential.client_secret_env})"
+            if credential.client_secret_env
+            else f"credential.client_secret_file ({credential.client_secret_file})"
+        )
+        hint = hint_for(
+            code,
+            secret_source=source,
+            client_id=tenant.client_id,
+            tenant_id=tenant.tenant_id,
+            thumbprint=state.thumbprint or "<thumbprint>",
+        )
+        label = f"AADSTS{code}" if code else "no AADSTS code"
+        return TokenRejected(f"tenant {tenant.name}: {what} ({label})", code=code, hint=hint)
+
+    def _tls_hint(self, exc: BaseException) -> str | None:
+        seen: BaseException | None = exc
+        while seen is not None:
+            if isinstance(seen, requests.exceptions.SSLError):
+                return "TLS verification of the identity platform failed: set tls.ca_file"
+            seen = seen.__cause__ or seen.__context__
+        return None
+
+    def _observe(self, tenant: str, *, ok: bool, token: AccessToken | None = None) -> None:
+        if self._observer is not None:
+            self._observer(tenant, ok, token)

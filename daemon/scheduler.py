@@ -1,0 +1,215 @@
+"""The schedule: one APScheduler date job per mailbox, re-armed when its poll ends.
+
+Re-arming after the poll (instead of a fixed interval trigger) gives three guarantees at once:
+polls of one mailbox never overlap, a failing mailbox waits its backoff instead of its
+interval, and the cadence of a healthy mailbox stays on its due times. The thread pool bounds
+global concurrency; a semaphore per tenant bounds each tenant's share.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from daemon.backoff import auth_retry_delay, backoff_delay, next_interval
+from daemon.config import MailboxSettings
+from daemon.errors import PermanentError
+from daemon.metrics import Metrics
+from daemon.poller import error_fields
+
+HOUSEKEEPING_SECONDS = 5.0
+FIRST_POLL_SPREAD_MAX = 60.0
+"""First polls spread over min(interval, this) so a restart does not poll everything at once."""
+
+STATES = ("ok", "backoff", "auth_failed", "disabled")
+AUTH_REASONS = frozenset({"auth", "token"})
+
+
+@dataclass
+class MailboxRuntime:
+    settings: MailboxSettings
+    state: str = "ok"
+    failures: int = 0
+    last_success: float | None = None
+    due: float = 0.0
+    last_failure_key: tuple[str, str] | None = None
+
+
+class PollScheduler:
+    """Owns the APScheduler instance and every mailbox's runtime state."""
+
+    def __init__(
+        self,
+        mailboxes: Sequence[MailboxSettings],
+        poll: Callable[[MailboxSettings], None],
+        *,
+        metrics: Metrics,
+        log: Any,
+        max_concurrent: int,
+        max_per_tenant: int,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._poll = poll
+        self._metrics = metrics
+        self._log = log
+        self._clock = clock
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._runtime = {m.address: MailboxRuntime(m) for m in mailboxes}
+        self._tenant_slots = {
+            t: threading.BoundedSemaphore(max_per_tenant) for t in {m.tenant for m in mailboxes}
+        }
+        self._scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(max_workers=max_concurrent)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            timezone=dt.UTC,
+        )
+        self._stopping = threading.Event()
+        self._started_at = clock()
+        self._heartbeat = time.monotonic()
+        self._lock = threading.Lock()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        now = self._clock()
+        for runtime in self._runtime.values():
+            spread = min(runtime.settings.poll_interval, FIRST_POLL_SPREAD_MAX)
+            runtime.due = now + self._rng.uniform(0, spread * 0.5)
+            self._arm(runtime)
+        self._scheduler.add_job(
+            self._housekeeping,
+            "interval",
+            seconds=HOUSEKEEPING_SECONDS,
+            id="__housekeeping__",
+            next_run_time=dt.datetime.now(dt.UTC),
+        )
+        self._scheduler.start()
+
+    def stop(self, timeout: float = 8.0) -> bool:
+        """Stop scheduling and wait up to ``timeout`` s for running polls; idempotent."""
+        self._stopping.set()
+        if not self._scheduler.running:
+            return True
+        done = threading.Event()
+
+        def shutdown() -> None:
+            try:
+                self._scheduler.shutdown(wait=True)
+            finally:
+                done.set()
+
+        threading.Thread(target=shutdown, name="scheduler-shutdown", daemon=True).start()
+        return done.wait(timeout)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def alive(self) -> bool:
+        """The scheduler loop runs and its housekeeping job ran recently."""
+        return (
+            self._scheduler.running
+            and time.monotonic() - self._heartbeat < HOUSEKEEPING_SECONDS * 6
+        )
+
+    def states(self) -> Counter[str]:
+        with self._lock:
+            return Counter(r.state for r in self._runtime.values())
+
+    # -- jobs -----------------------------------------------------------------------------
+    def _arm(self, runtime: MailboxRuntime) -> None:
+        if self._stopping.is_set():
+            return
+        self._scheduler.add_job(
+            self._run,
+            "date",
+            run_date=dt.datetime.fromtimestamp(runtime.due, dt.UTC),
+            args=[runtime.settings.address],
+            id=runtime.settings.address,
+            replace_existing=True,
+        )
+
+    def _run(self, address: str) -> None:
+        runtime = self._runtime[address]
+        settings = runtime.settings
+        slot = self._tenant_slots[settings.tenant]
+        with slot:
+            if self._stopping.is_set():
+                return
+            started = self._clock()
+            self._metrics.schedule_delay(max(0.0, started - runtime.due))
+            try:
+                self._poll(settings)
+            except Exception as exc:  # noqa: BLE001 - every failure is classified and retried
+                self._failed(runtime, exc)
+            else:
+                self._succeeded(runtime)
+        self._arm(runtime)
+
+    def _succeeded(self, runtime: MailboxRuntime) -> None:
+        now = self._clock()
+        interval = runtime.settings.poll_interval
+        if runtime.state != "ok":
+            self._log.info(
+                "mailbox recovered",
+                mailbox=runtime.settings.address,
+                tenant=runtime.settings.tenant,
+                previous_state=runtime.state,
+                failures=runtime.failures,
+            )
+        with self._lock:
+            runtime.state, runtime.failures, runtime.last_success = "ok", 0, now
+            runtime.last_failure_key = None
+        due = runtime.due + next_interval(interval, self._rng)
+        runtime.due = max(due, now)
+
+    def _failed(self, runtime: MailboxRuntime, exc: Exception) -> None:
+        now = self._clock()
+        fields = error_fields(exc)
+        reason = fields["reason"]
+        interval = runtime.settings.poll_interval
+        permanent_auth = isinstance(exc, PermanentError) and reason in AUTH_REASONS
+        with self._lock:
+            runtime.failures += 1
+            runtime.state = "auth_failed" if permanent_auth else "backoff"
+        if permanent_auth:
+            delay = auth_retry_delay(interval, self._rng)
+        else:
+            delay = backoff_delay(
+                interval, runtime.failures, self._rng, retry_after=getattr(exc, "retry_after", None)
+            )
+        runtime.due = now + delay
+        key = (type(exc).__name__, str(exc))
+        # The same failure again is worth a debug line, not another warning.
+        log = self._log.warning if key != runtime.last_failure_key else self._log.debug
+        runtime.last_failure_key = key
+        log(
+            "mailbox poll failed",
+            mailbox=runtime.settings.address,
+            tenant=runtime.settings.tenant,
+            state=runtime.state,
+            failures=runtime.failures,
+            retry_in_s=round(delay, 1),
+            exc_info=reason == "other" and not isinstance(exc, PermanentError),
+            **fields,
+        )
+
+    def _housekeeping(self) -> None:
+        self._heartbeat = time.monotonic()
+        with self._lock:
+            counts = Counter(r.state for r in self._runtime.values())
+            oldest = min(
+                (r.last_success or self._started_at for r in self._runtime.values()),
+                default=None,
+            )
+        self._metrics.set_mailbox_states({s: counts.get(s, 0) for s in STATES})
+        self._metrics.set_oldest_success(oldest)

@@ -1,0 +1,398 @@
+"""``SqlStore``: the store adapter over SQLAlchemy Core, for PostgreSQL and SQLite.
+
+Each method runs in its own connection and transaction, so one instance serves every thread.
+Text is cleaned here once more before it is written (defence in depth: the database must never
+be the reason a mailbox stalls).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine, Row
+
+from daemon.store.engine import SQLITE_BEGIN
+from daemon.store.models import folders, mailboxes, messages
+from daemon.store.translate import translate_errors
+from daemon.sync.model import Checkpoint, FolderChanges, FolderState, MessageRecord
+from daemon.sync.text import clean_text
+
+UTC = dt.UTC
+
+# Bound parameters per IN list; well under SQLite's and psycopg's limits.
+_CHUNK: Final = 500
+
+_FOLDER_ID_MISSING = "folder {} does not exist"
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What one ``apply()`` changed: rows inserted, rows whose flags changed, rows deleted."""
+
+    new: int = 0
+    updated: int = 0
+    deleted: int = 0
+
+
+class SqlStore:
+    """The store of mailboxes, folders with their checkpoints, and message rows."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        dialect = engine.dialect.name
+        if dialect not in {"postgresql", "sqlite"}:
+            raise ValueError(f"unsupported database dialect {dialect!r}")
+        self._insert: Callable[[sa.Table], Any] = (
+            postgresql.insert if dialect == "postgresql" else sqlite.insert
+        )
+
+    @property
+    def engine(self) -> Engine:
+        """The engine this store writes through (owned by the caller)."""
+        return self._engine
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with translate_errors(), self._engine.connect() as connection, connection.begin():
+            yield connection
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with translate_errors(), self._engine.connect() as connection:
+            if connection.dialect.name == "sqlite":
+                connection.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
+            with connection.begin():
+                yield connection
+
+    def ping(self) -> None:
+        """Run ``SELECT 1``; raise :class:`~daemon.errors.DatabaseError` if that fails."""
+        with self._read() as connection:
+            connection.execute(sa.select(sa.literal(1))).one()
+
+    def ensure_mailbox(self, address: str, tenant: str) -> int:
+        """Return the id of the mailbox ``address`` (stored lower-case), creating it if new."""
+        address = _required_text(address.strip().lower(), "address")
+        tenant = _required_text(tenant, "tenant")
+        with self._write() as connection:
+            connection.execute(
+                self._insert(mailboxes)
+                .values(address=address, tenant=tenant, created_at=_utcnow())
+                .on_conflict_do_nothing(index_elements=[mailboxes.c.address])
+            )
+            row = connection.execute(
+                sa.select(mailboxes.c.id, mailboxes.c.tenant).where(mailboxes.c.address == address)
+            ).one()
+            if row.tenant != tenant:  # the configuration moved it to another tenant
+                connection.execute(
+                    sa.update(mailboxes).where(mailboxes.c.id == row.id).values(tenant=tenant)
+                )
+            return int(row.id)
+
+    def folder_states(self, mailbox_id: int) -> dict[str, FolderState]:
+        """Every folder of a mailbox known to the store, vanished ones included, by name."""
+        with self._read() as connection:
+            rows = connection.execute(
+                sa.select(folders).where(folders.c.mailbox_id == mailbox_id)
+            ).all()
+        return {row.name: _folder_state(row) for row in rows}
+
+    def ensure_folder(self, mailbox_id: int, name: str) -> FolderState:
+        """Return the state of a folder, creating it if new.
+
+        A folder marked vanished that is back is live again, with its checkpoint reset apart
+        from UIDVALIDITY: the next poll fetches it whole and revives rows still on the server.
+        """
+        name = _required_text(name, "name")
+        now = _utcnow()
+        with self._write() as connection:
+            connection.execute(
+                self._insert(folders)
+                .values(mailbox_id=mailbox_id, name=name, created_at=now, updated_at=now)
+                .on_conflict_do_nothing(index_elements=[folders.c.mailbox_id, folders.c.name])
+            )
+            where = (folders.c.mailbox_id == mailbox_id) & (folders.c.name == name)
+            row = connection.execute(sa.select(folders).where(where)).one()
+            if row.vanished_at is not None:
+                connection.execute(
+                    sa.update(folders)
+                    .where(folders.c.id == row.id)
+                    .values(
+                        vanished_at=None,
+                        last_uid=0,
+                        highest_modseq=None,
+                        last_full_scan_at=None,
+                        updated_at=now,
+                    )
+                )
+                row = connection.execute(sa.select(folders).where(where)).one()
+        return _folder_state(row)
+
+    def stored_flags(self, folder_id: int, uidvalidity: int) -> dict[int, tuple[str, ...]]:
+        """Flags of the live (not deleted) rows of a folder under one UIDVALIDITY, by UID."""
+        with self._read() as connection:
+            rows = connection.execute(
+                sa.select(messages.c.uid, messages.c.flags).where(
+                    messages.c.folder_id == folder_id,
+                    messages.c.uidvalidity == uidvalidity,
+                    messages.c.deleted_at.is_(None),
+                )
+            )
+            return {int(uid): tuple(flags) for uid, flags in rows}
+
+    def apply(self, changes: FolderChanges, now: dt.datetime) -> ApplyResult:
+        """Write one batch of changes of a folder and its new checkpoint in ONE transaction.
+
+        Idempotent: a message already stored for (folder, uidvalidity, uid) is not inserted
+        again, only its flags are refreshed (and it is live again if it had been deleted), so
+        replaying a batch after a crash changes nothing else. Counts are of rows really
+        inserted, rows whose flags (or liveness) really changed, and rows newly deleted.
+        A checkpoint without ``last_full_scan_at`` keeps the stored one.
+        """
+        _require_aware(now)
+        checkpoint = changes.checkpoint
+        if checkpoint is not None and checkpoint.uidvalidity != changes.uidvalidity:
+            raise ValueError("checkpoint UIDVALIDITY differs from the changes' UIDVALIDITY")
+        rows = {
+            record.uid: _message_row(record, changes.folder_id, changes.uidvalidity, now)
+            for record in changes.new
+        }
+        with self._write() as connection:
+            new = updated = 0
+            if rows:
+                stmt = (
+                    self._insert(messages)
+                    .on_conflict_do_nothing(
+                        index_elements=[
+                            messages.c.folder_id,
+                            messages.c.uidvalidity,
+                            messages.c.uid,
+                        ]
+                    )
+                    .returning(messages.c.uid)
+                )
+                inserted = set(connection.execute(stmt, list(rows.values())).scalars())
+                new = len(inserted)
+                replayed = {uid: row["flags"] for uid, row in rows.items() if uid not in inserted}
+                updated += _refresh_flags(connection, changes, replayed, now, revive=True)
+            if changes.flag_updates:
+                wanted = {uid: _flag_list(flags) for uid, flags in changes.flag_updates}
+                updated += _refresh_flags(connection, changes, wanted, now, revive=False)
+            deleted = _mark_deleted(connection, changes, now)
+            if checkpoint is not None:
+                _write_checkpoint(connection, changes.folder_id, checkpoint, now)
+        return ApplyResult(new=new, updated=updated, deleted=deleted)
+
+    def reset_folder(self, folder_id: int, uidvalidity: int, now: dt.datetime) -> int:
+        """UIDVALIDITY changed: delete the folder's rows of other UIDVALIDITYs, reset its
+        checkpoint to ``uidvalidity`` and nothing fetched. Returns the rows marked deleted."""
+        _require_aware(now)
+        with self._write() as connection:
+            marked = connection.execute(
+                sa.update(messages)
+                .where(
+                    messages.c.folder_id == folder_id,
+                    messages.c.uidvalidity != uidvalidity,
+                    messages.c.deleted_at.is_(None),
+                )
+                .values(deleted_at=now, updated_at=now)
+            ).rowcount
+            done = connection.execute(
+                sa.update(folders)
+                .where(folders.c.id == folder_id)
+                .values(
+                    uidvalidity=uidvalidity,
+                    last_uid=0,
+                    highest_modseq=None,
+                    last_full_scan_at=None,
+                    updated_at=now,
+                )
+            ).rowcount
+            if done != 1:
+                raise ValueError(_FOLDER_ID_MISSING.format(folder_id))
+            return int(marked)
+
+    def mark_folder_vanished(self, folder_id: int, now: dt.datetime) -> int:
+        """The folder is gone from the server: mark it and delete its live rows (returned)."""
+        _require_aware(now)
+        with self._write() as connection:
+            done = connection.execute(
+                sa.update(folders)
+                .where(folders.c.id == folder_id)
+                .values(vanished_at=sa.func.coalesce(folders.c.vanished_at, now), updated_at=now)
+            ).rowcount
+            if done != 1:
+                raise ValueError(_FOLDER_ID_MISSING.format(folder_id))
+            marked = connection.execute(
+                sa.update(messages)
+                .where(messages.c.folder_id == folder_id, messages.c.deleted_at.is_(None))
+                .values(deleted_at=now, updated_at=now)
+            ).rowcount
+            return int(marked)
+
+
+def _refresh_flags(
+    connection: Connection,
+    changes: FolderChanges,
+    wanted: dict[int, list[str]],
+    now: dt.datetime,
+    *,
+    revive: bool,
+) -> int:
+    """Set the flags of the rows in ``wanted`` that differ; return how many changed.
+
+    With ``revive``, rows deleted earlier are live again (the server lists them as present);
+    without it, deleted rows are left alone.
+    """
+    if not wanted:
+        return 0
+    changed: list[dict[str, Any]] = []
+    for chunk in _chunks(sorted(wanted)):
+        current = connection.execute(
+            sa.select(messages.c.uid, messages.c.flags, messages.c.deleted_at).where(
+                messages.c.folder_id == changes.folder_id,
+                messages.c.uidvalidity == changes.uidvalidity,
+                messages.c.uid.in_(chunk),
+            )
+        )
+        for uid, flags, deleted_at in current:
+            if deleted_at is not None and not revive:
+                continue
+            if deleted_at is not None or list(flags) != wanted[uid]:
+                changed.append({"b_uid": uid, "b_flags": wanted[uid]})
+    if changed:
+        values: dict[str, Any] = {
+            "flags": sa.bindparam("b_flags", type_=messages.c.flags.type),
+            "updated_at": now,
+        }
+        if revive:
+            values["deleted_at"] = None
+        connection.execute(
+            sa.update(messages)
+            .where(
+                messages.c.folder_id == changes.folder_id,
+                messages.c.uidvalidity == changes.uidvalidity,
+                messages.c.uid == sa.bindparam("b_uid"),
+            )
+            .values(values),
+            changed,
+        )
+    return len(changed)
+
+
+def _mark_deleted(connection: Connection, changes: FolderChanges, now: dt.datetime) -> int:
+    deleted = 0
+    for chunk in _chunks(sorted(set(changes.expunged))):
+        deleted += connection.execute(
+            sa.update(messages)
+            .where(
+                messages.c.folder_id == changes.folder_id,
+                messages.c.uidvalidity == changes.uidvalidity,
+                messages.c.uid.in_(chunk),
+                messages.c.deleted_at.is_(None),
+            )
+            .values(deleted_at=now, updated_at=now)
+        ).rowcount
+    return deleted
+
+
+def _write_checkpoint(
+    connection: Connection, folder_id: int, checkpoint: Checkpoint, now: dt.datetime
+) -> None:
+    values: dict[str, Any] = {
+        "uidvalidity": checkpoint.uidvalidity,
+        "last_uid": checkpoint.last_uid,
+        "highest_modseq": checkpoint.highest_modseq,
+        "updated_at": now,
+    }
+    if checkpoint.last_full_scan_at is not None:
+        values["last_full_scan_at"] = checkpoint.last_full_scan_at
+    done = connection.execute(
+        sa.update(folders).where(folders.c.id == folder_id).values(values)
+    ).rowcount
+    if done != 1:  # raising rolls the batch back with it
+        raise ValueError(_FOLDER_ID_MISSING.format(folder_id))
+
+
+def _message_row(
+    record: MessageRecord, folder_id: int, uidvalidity: int, now: dt.datetime
+) -> dict[str, Any]:
+    return {
+        "folder_id": folder_id,
+        "uidvalidity": uidvalidity,
+        "uid": record.uid,
+        "message_id": clean_text(record.message_id),
+        "subject": clean_text(record.subject),
+        "from_address": clean_text(record.from_address),
+        "to_addresses": _text_list(record.to_addresses),
+        "cc_addresses": _text_list(record.cc_addresses),
+        "in_reply_to": clean_text(record.in_reply_to),
+        "references_hdr": clean_text(record.references),
+        "sent_at": _representable(record.sent_at),
+        "received_at": record.received_at,
+        "size_bytes": record.size_bytes,
+        "flags": _flag_list(record.flags),
+        "first_seen_at": now,
+        "updated_at": now,
+        "deleted_at": None,
+    }
+
+
+def _text_list(values: Iterable[str | None]) -> list[str]:
+    return [text for value in values if (text := clean_text(value)) is not None]
+
+
+def _flag_list(flags: Iterable[str]) -> list[str]:
+    """Cleaned flags, sorted and unique, without the session flag ``\\Recent``."""
+    cleaned = {clean_text(str(flag)) or "" for flag in flags}
+    return sorted(flag for flag in cleaned if flag and flag.lower() != "\\recent")
+
+
+def _representable(value: dt.datetime | None) -> dt.datetime | None:
+    """``sent_at`` as UTC; a Date without a zone is UTC, one past year 1..9999 in UTC is NULL."""
+    if value is None:
+        return None
+    if value.tzinfo is None or value.utcoffset() is None:
+        value = value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        return None
+
+
+def _folder_state(row: Row[Any]) -> FolderState:
+    return FolderState(
+        folder_id=int(row.id),
+        name=row.name,
+        uidvalidity=row.uidvalidity,
+        last_uid=int(row.last_uid),
+        highest_modseq=row.highest_modseq,
+        last_full_scan_at=row.last_full_scan_at,
+        vanished_at=row.vanished_at,
+    )
+
+
+def _chunks(values: Sequence[int]) -> Iterator[Sequence[int]]:
+    for start in range(0, len(values), _CHUNK):
+        yield values[start : start + _CHUNK]
+
+
+def _required_text(value: str, what: str) -> str:
+    cleaned = clean_text(value)
+    if not cleaned:
+        raise ValueError(f"{what} must not be empty")
+    return cleaned
+
+
+def _require_aware(value: dt.datetime) -> None:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("a timezone-aware datetime is required")
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(UTC)
