@@ -3,7 +3,8 @@
 Re-arming after the poll (instead of a fixed interval trigger) gives three guarantees at once:
 polls of one mailbox never overlap, a failing mailbox waits its backoff instead of its
 interval, and the cadence of a healthy mailbox stays on its due times. The thread pool bounds
-global concurrency; a semaphore per tenant bounds each tenant's share.
+global concurrency; a count per tenant bounds each tenant's share, and a mailbox over its
+tenant's bound waits in a first-come-first-served line instead of blocking a worker thread.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import datetime as dt
 import random
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -42,6 +44,8 @@ class MailboxRuntime:
     last_success: float | None = None
     due: float = 0.0
     last_failure_key: tuple[str, str] | None = None
+    has_slot: bool = False
+    """A finishing poll of the same tenant handed its concurrency slot to this mailbox."""
 
 
 class PollScheduler:
@@ -65,12 +69,15 @@ class PollScheduler:
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._runtime = {m.address: MailboxRuntime(m) for m in mailboxes}
-        self._tenant_slots = {
-            t: threading.BoundedSemaphore(max_per_tenant) for t in {m.tenant for m in mailboxes}
-        }
+        self._max_per_tenant = max_per_tenant
+        self._active: Counter[str] = Counter()
+        self._waiting: defaultdict[str, deque[MailboxRuntime]] = defaultdict(deque)
         self._scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=max_concurrent)},
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            # Two instances: the job re-arms itself (same id) just before it returns, and a poll
+            # that is already due must not be skipped as "still running". Polls cannot overlap
+            # anyway: the next one is scheduled only when the previous one is done.
+            job_defaults={"coalesce": True, "max_instances": 2, "misfire_grace_time": None},
             timezone=dt.UTC,
         )
         self._stopping = threading.Event()
@@ -92,7 +99,16 @@ class PollScheduler:
             id="__housekeeping__",
             next_run_time=dt.datetime.now(dt.UTC),
         )
+        self._scheduler.add_listener(self._on_lost, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
         self._scheduler.start()
+
+    def _on_lost(self, event: JobEvent) -> None:
+        # A date job that APScheduler skipped would never run again: arm it once more.
+        runtime = self._runtime.get(event.job_id)
+        if runtime is not None:
+            self._log.warning("poll skipped by the scheduler; re-armed", mailbox=event.job_id)
+            runtime.due = self._clock() + 1.0
+            self._arm(runtime)
 
     def stop(self, timeout: float = 8.0) -> bool:
         """Stop scheduling and wait up to ``timeout`` s for running polls; idempotent."""
@@ -140,20 +156,37 @@ class PollScheduler:
 
     def _run(self, address: str) -> None:
         runtime = self._runtime[address]
-        settings = runtime.settings
-        slot = self._tenant_slots[settings.tenant]
-        with slot:
+        tenant = runtime.settings.tenant
+        with self._lock:
             if self._stopping.is_set():
                 return
+            if not runtime.has_slot:
+                if self._active[tenant] >= self._max_per_tenant:
+                    # Wait in line without holding a worker thread; a finishing poll of this
+                    # tenant hands its slot over (first come, first served).
+                    self._waiting[tenant].append(runtime)
+                    return
+                self._active[tenant] += 1
+            runtime.has_slot = False
+        try:
             started = self._clock()
             self._metrics.schedule_delay(max(0.0, started - runtime.due))
             try:
-                self._poll(settings)
+                self._poll(runtime.settings)
             except Exception as exc:  # noqa: BLE001 - every failure is classified and retried
                 self._failed(runtime, exc)
             else:
                 self._succeeded(runtime)
-        self._arm(runtime)
+        finally:
+            with self._lock:
+                heir = self._waiting[tenant].popleft() if self._waiting[tenant] else None
+                if heir is None:
+                    self._active[tenant] -= 1
+                else:
+                    heir.has_slot = True
+            self._arm(runtime)
+            if heir is not None:
+                self._arm(heir)
 
     def _succeeded(self, runtime: MailboxRuntime) -> None:
         now = self._clock()
