@@ -11,14 +11,18 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
 from prometheus_client import CollectorRegistry
+from sqlalchemy.engine import Engine
 
 from daemon import __version__
 from daemon.auth import AccessToken
-from daemon.auth.msal_provider import MsalTokenProvider
+from daemon.auth.msal_provider import MsalTokenClient
+from daemon.auth.refresher import TokenRefresher
 from daemon.config import Config, Tenant
 from daemon.errors import MailsyncError
 from daemon.http import HealthServer
@@ -76,6 +80,42 @@ def _ca_file(config: Config) -> str | None:
     return str(config.tls.ca_file) if config.tls.ca_file else None
 
 
+def _shortest_intervals(config: Config) -> dict[str, float]:
+    shortest: dict[str, float] = {}
+    for settings in config.mailbox_settings():
+        current = shortest.get(settings.tenant, settings.poll_interval)
+        shortest[settings.tenant] = min(current, settings.poll_interval)
+    return shortest
+
+
+class _Readiness:
+    """``/readyz``: the database answers and its schema is at head (checked until it is)."""
+
+    def __init__(self, store: SqlStore, engine: Engine) -> None:
+        self._store = store
+        self._engine = engine
+        self._head_seen = False
+
+    def __call__(self) -> list[str]:
+        try:
+            self._store.ping()
+            if not self._head_seen:
+                self._head_seen = is_at_head(self._engine)
+        except MailsyncError:
+            return ["database unreachable"]
+        return [] if self._head_seen else ["database schema is not at head"]
+
+
+@dataclass
+class _Parts:
+    engine: Engine
+    metrics: Metrics
+    registry: CollectorRegistry
+    tokens: TokenRefresher
+    scheduler: PollScheduler
+    http: HealthServer
+
+
 class Daemon:
     """``mailsyncd run``."""
 
@@ -102,14 +142,43 @@ class Daemon:
         )
         if self.migrate and not migrate_database(config, log):
             return 1
+        parts = self._build()
+        try:
+            parts.http.start()
+        except OSError as exc:
+            log.error("cannot listen", listen=config.http.listen, error=str(exc))  # noqa: TRY400
+            parts.engine.dispose()
+            return 1
+        parts.tokens.start()
+        parts.scheduler.start()
+        log.info("running", listen=f"{parts.http.host or '0.0.0.0'}:{parts.http.port}")  # noqa: S104
+        exit_code = 0
+        while not self.stop_event.wait(1.0):
+            if not (parts.scheduler.alive() and parts.tokens.alive()):
+                log.error("a background thread stopped unexpectedly; exiting")
+                exit_code = 1
+                break
+        self._shutdown(parts)
+        log.info("stopped", exit_code=exit_code)
+        sys.stdout.flush()
+        return exit_code
+
+    def _shutdown(self, parts: _Parts) -> None:
+        self.log.info("stopping")
+        if not parts.scheduler.stop(timeout=SHUTDOWN_POLLS_TIMEOUT):
+            self.log.warning("polls still running at shutdown; uncommitted batches are redone")
+        parts.tokens.stop()
+        parts.http.stop()
+        parts.engine.dispose()
+
+    def _build(self) -> _Parts:
+        config, log = self.config, self.log
         engine = create_engine_for(config.database_url)
         store = SqlStore(engine)
         registry = CollectorRegistry(auto_describe=True)
         metrics = Metrics(registry, [t.name for t in config.tenants], __version__)
         metrics.set_config_loaded(True)
-        per_tenant: dict[str, int] = {}
-        for mailbox in config.mailboxes:
-            per_tenant[mailbox.tenant] = per_tenant.get(mailbox.tenant, 0) + 1
+        per_tenant = Counter(m.tenant for m in config.mailboxes)
         metrics.set_mailboxes_configured(per_tenant)
 
         def on_token(tenant: str, ok: bool, token: AccessToken | None) -> None:
@@ -117,7 +186,12 @@ class Daemon:
             if token is not None:
                 metrics.token_expiry(tenant, token.expires_at)
 
-        tokens = MsalTokenProvider(config.tenants, ca_file=_ca_file(config), observer=on_token)
+        tokens = TokenRefresher(
+            MsalTokenClient(config.tenants, ca_file=_ca_file(config), observer=on_token),
+            [t.name for t in config.tenants],
+            log=log,
+            poll_intervals=_shortest_intervals(config),
+        )
         context = make_ssl_context(_ca_file(config))
 
         def connect(tenant: Tenant) -> Session:
@@ -125,7 +199,6 @@ class Daemon:
                 tenant.imap.host, tenant.imap.port, ssl_context=context, timeout=IMAP_TIMEOUT
             )
 
-        scheduler: PollScheduler | None = None
         poller = Poller(
             tenants={t.name: t for t in config.tenants},
             store=store,
@@ -144,43 +217,8 @@ class Daemon:
             max_concurrent=config.limits.max_concurrent_polls,
             max_per_tenant=config.limits.max_concurrent_polls_per_tenant,
         )
-        head_seen = threading.Event()
-
-        def readiness() -> list[str]:
-            reasons = []
-            try:
-                store.ping()
-                if not head_seen.is_set():
-                    if is_at_head(engine):
-                        head_seen.set()
-                    else:
-                        reasons.append("database schema is not at head")
-            except MailsyncError:
-                reasons.append("database unreachable")
-            return reasons
-
-        http = HealthServer(config.http.listen, registry, scheduler.alive, readiness)
-        try:
-            http.start()
-        except OSError as exc:
-            log.error("cannot listen", listen=config.http.listen, error=str(exc))  # noqa: TRY400
-            engine.dispose()
-            return 1
-        if not self.migrate and not head_seen.is_set() and readiness():
-            log.warning("database schema is not at head; run `mailsyncd migrate`")
-        scheduler.start()
-        log.info("running", listen=f"{http.host or '0.0.0.0'}:{http.port}")  # noqa: S104
-        exit_code = 0
-        while not self.stop_event.wait(1.0):
-            if not scheduler.alive():
-                log.error("the scheduler stopped unexpectedly; exiting")
-                exit_code = 1
-                break
-        log.info("stopping")
-        if not scheduler.stop(timeout=SHUTDOWN_POLLS_TIMEOUT):
-            log.warning("polls still running at shutdown; their uncommitted batches are redone")
-        http.stop()
-        engine.dispose()
-        log.info("stopped", exit_code=exit_code)
-        sys.stdout.flush()
-        return exit_code
+        tokens.when_recovered(scheduler.wake_tenant)
+        http = HealthServer(
+            config.http.listen, registry, scheduler.alive, _Readiness(store, engine)
+        )
+        return _Parts(engine, metrics, registry, tokens, scheduler, http)

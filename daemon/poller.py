@@ -8,8 +8,10 @@ from typing import Any, Protocol
 
 from daemon.auth import TokenProvider
 from daemon.config import MailboxSettings, Tenant
+from daemon.errors import TokenExpiredOnServer
 from daemon.metrics import Metrics
 from daemon.sync.engine import FolderJob, FolderResult, MailboxSync
+from daemon.sync.model import FolderState
 from daemon.sync.ports import MailboxClient, Store
 
 
@@ -94,20 +96,30 @@ class Poller:
                 raise
             self._metrics.imap_login(tenant.name, ok=True)
             states = self._store.folder_states(mailbox_id)
-            for folder in mailbox.folders:
-                job = FolderJob(
-                    mailbox_id, folder, mailbox.full_scan_interval, mailbox.backfill_days
-                )
-                try:
-                    result = self._sync.sync_folder(session, job, states.get(folder))
-                except BaseException as exc:
-                    self._log_folder(mailbox, FolderResult(folder, outcome="failure"), exc)
-                    raise
-                self._record(mailbox, result)
-                if result.outcome == "stopped":
-                    break
+            self._sync_folders(mailbox, mailbox_id, session, states)
+        except TokenExpiredOnServer:
+            self._tokens.report_expired(tenant.name, token)
+            raise
         finally:
             session.logout()
+
+    def _sync_folders(
+        self,
+        mailbox: MailboxSettings,
+        mailbox_id: int,
+        session: Session,
+        states: Mapping[str, FolderState],
+    ) -> None:
+        for folder in mailbox.folders:
+            job = FolderJob(mailbox_id, folder, mailbox.full_scan_interval, mailbox.backfill_days)
+            try:
+                result = self._sync.sync_folder(session, job, states.get(folder))
+            except BaseException as exc:
+                self._log_folder(mailbox, FolderResult(folder, outcome="failure"), exc)
+                raise
+            self._record(mailbox, result)
+            if result.outcome == "stopped":
+                break
 
     def _record(self, mailbox: MailboxSettings, result: FolderResult) -> None:
         self._metrics.messages_synced(mailbox.tenant, result.new, result.updated, result.deleted)

@@ -24,7 +24,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from daemon.backoff import auth_retry_delay, backoff_delay, next_interval
 from daemon.config import MailboxSettings
-from daemon.errors import PermanentError
+from daemon.errors import PermanentError, TokenExpiredOnServer
 from daemon.metrics import Metrics
 from daemon.poller import error_fields
 
@@ -46,6 +46,9 @@ class MailboxRuntime:
     last_failure_key: tuple[str, str] | None = None
     has_slot: bool = False
     """A finishing poll of the same tenant handed its concurrency slot to this mailbox."""
+    running: bool = False
+    waiting: bool = False
+    """In its tenant's line for a concurrency slot."""
 
 
 class PollScheduler:
@@ -72,6 +75,7 @@ class PollScheduler:
         self._max_per_tenant = max_per_tenant
         self._active: Counter[str] = Counter()
         self._waiting: defaultdict[str, deque[MailboxRuntime]] = defaultdict(deque)
+        self._token_parked: defaultdict[str, set[str]] = defaultdict(set)
         self._scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=max_concurrent)},
             # Two instances: the job re-arms itself (same id) just before it returns, and a poll
@@ -158,16 +162,20 @@ class PollScheduler:
         runtime = self._runtime[address]
         tenant = runtime.settings.tenant
         with self._lock:
-            if self._stopping.is_set():
-                return
+            if self._stopping.is_set() or runtime.running:
+                return  # a running poll re-arms its mailbox itself when it ends
             if not runtime.has_slot:
+                if runtime.waiting:
+                    return  # already in line
                 if self._active[tenant] >= self._max_per_tenant:
                     # Wait in line without holding a worker thread; a finishing poll of this
                     # tenant hands its slot over (first come, first served).
+                    runtime.waiting = True
                     self._waiting[tenant].append(runtime)
                     return
                 self._active[tenant] += 1
-            runtime.has_slot = False
+            runtime.has_slot = runtime.waiting = False
+            runtime.running = True
         try:
             started = self._clock()
             self._metrics.schedule_delay(max(0.0, started - runtime.due))
@@ -179,6 +187,7 @@ class PollScheduler:
                 self._succeeded(runtime)
         finally:
             with self._lock:
+                runtime.running = False
                 heir = self._waiting[tenant].popleft() if self._waiting[tenant] else None
                 if heir is None:
                     self._active[tenant] -= 1
@@ -187,6 +196,25 @@ class PollScheduler:
             self._arm(runtime)
             if heir is not None:
                 self._arm(heir)
+
+    def wake_tenant(self, tenant: str) -> None:
+        """The tenant has a token again: poll its mailboxes that failed for lack of one now.
+
+        Spread over up to 2 s so the IMAP server is not hit by every mailbox at once.
+        """
+        with self._lock:
+            parked = [
+                runtime
+                for runtime in map(self._runtime.__getitem__, self._token_parked.pop(tenant, ()))
+                if not (runtime.running or runtime.waiting)
+            ]
+        now = self._clock()
+        for runtime in parked:
+            spread = min(runtime.settings.poll_interval, 2.0)
+            runtime.due = min(runtime.due, now + self._rng.uniform(0, spread))
+            self._arm(runtime)
+        if parked:
+            self._log.info("token available again; polling", tenant=tenant, mailboxes=len(parked))
 
     def _succeeded(self, runtime: MailboxRuntime) -> None:
         now = self._clock()
@@ -216,11 +244,17 @@ class PollScheduler:
             runtime.state = "auth_failed" if permanent_auth else "backoff"
         if permanent_auth:
             delay = auth_retry_delay(interval, self._rng)
+        elif isinstance(exc, TokenExpiredOnServer) and runtime.failures == 1:
+            delay = 0.5  # the server's clock ran out before ours: retry at once, new token
         else:
             delay = backoff_delay(
                 interval, runtime.failures, self._rng, retry_after=getattr(exc, "retry_after", None)
             )
         runtime.due = now + delay
+        if reason == "token":
+            # Woken by wake_tenant() as soon as the tenant has a token again.
+            with self._lock:
+                self._token_parked[runtime.settings.tenant].add(runtime.settings.address)
         key = (type(exc).__name__, str(exc))
         # The same failure again is worth a debug line, not another warning.
         log = self._log.warning if key != runtime.last_failure_key else self._log.debug

@@ -25,3 +25,6 @@ class TokenProvider(Protocol):
     """Gives the current token of a tenant; raises ``daemon.auth.errors`` exceptions."""
 
     def token(self, tenant: str) -> AccessToken: ...
+
+    def report_expired(self, tenant: str, token: AccessToken) -> None:
+        """The server rejected ``token`` as expired: renew it now."""

@@ -1,10 +1,9 @@
 """MSAL adapter: one ConfidentialClientApplication and one shared token per tenant.
 
 MSAL serves tokens from its own cache until five minutes before expiry; the SPEC wants a new
-token once 2/3 of the lifetime has passed, so this adapter keeps the token itself and empties
-MSAL's cache (``remove_tokens_for_client``) before asking again. Exactly one request per tenant
-is in flight: the others keep using the current token while it is valid, or wait for the one
-request when there is none. Every MSAL failure shape is translated here, in one place:
+token once 2/3 of the lifetime has passed, so the daemon keeps the token itself (see
+``refresher.py``) and this adapter empties MSAL's cache (``remove_tokens_for_client``) before
+every request. Every MSAL failure shape is translated here, in one place:
 error dicts (AADSTS codes), ``MsalServiceError`` (5xx), ``requests`` exceptions (network), and
 the ``ValueError`` that OIDC discovery raises for an unknown tenant.
 """
@@ -28,7 +27,6 @@ from daemon.auth.errors import TokenRejected, TokenUnavailable
 from daemon.auth.hints import PERMANENT_CODES, hint_for
 from daemon.config import SecretReadError, Tenant
 
-REFRESH_FRACTION = 2 / 3
 HTTP_TIMEOUT = 15.0
 # Hosts of Microsoft's clouds, where MSAL's instance discovery works; elsewhere it is off.
 MICROSOFT_AUTHORITY_HOSTS = frozenset(
@@ -77,17 +75,33 @@ def _network_in_chain(exc: BaseException) -> bool:
     return False
 
 
+def _fingerprint(credential: Any) -> str:
+    """A digest that changes when the credential does (the value itself is never kept)."""
+    if isinstance(credential, dict) and "client_assertion" in credential:
+        return "federated"  # the callable reads the file for every request
+    material = credential if isinstance(credential, str) else repr(sorted(credential.items()))
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
 @dataclass
 class _TenantState:
     tenant: Tenant
     lock: threading.Lock = field(default_factory=threading.Lock)
     app: Any = None
-    token: AccessToken | None = None
+    fingerprint: str = ""
     thumbprint: str = ""
+    rotated: bool = False
+    retry_after: float | None = None
+    """The platform's Retry-After of the last answer (429, 503), in seconds."""
 
 
-class MsalTokenProvider:
-    """The ``TokenProvider`` of the daemon, backed by MSAL."""
+class MsalTokenClient:
+    """Asks the identity platform for a new token of a tenant, every time it is called.
+
+    The caller (``TokenRefresher``) keeps the token and makes sure one request per tenant is
+    in flight. Credentials are read again for every request: a rotated secret or certificate
+    file, or a new projected federated token, takes effect without a restart.
+    """
 
     def __init__(
         self,
@@ -96,52 +110,31 @@ class MsalTokenProvider:
         ca_file: str | None = None,
         observer: TokenObserver | None = None,
         clock: Callable[[], float] = time.time,
-        refresh_fraction: float = REFRESH_FRACTION,
     ) -> None:
         self._tenants = {t.name: _TenantState(t) for t in tenants}
         self._ca_file = ca_file
         self._observer = observer
         self._clock = clock
-        self._refresh_fraction = refresh_fraction
 
-    def token(self, tenant: str) -> AccessToken:
-        """The tenant's current token, asking the platform when none is fresh enough."""
+    @property
+    def tenant_names(self) -> tuple[str, ...]:
+        return tuple(self._tenants)
+
+    def acquire(self, tenant: str) -> AccessToken:
+        """A new token from the platform; raises TokenUnavailable or TokenRejected."""
         state = self._tenants[tenant]
-        current = state.token
-        now = self._clock()
-        if current is not None and now < current.refresh_at(self._refresh_fraction):
-            return current
-        if (
-            current is not None
-            and now < current.expires_at
-            and not state.lock.acquire(blocking=False)
-        ):
-            return current  # another poll is already renewing it
-        if current is None or now >= current.expires_at:
-            state.lock.acquire()
-        try:
-            current = state.token
-            now = self._clock()
-            if current is not None and now < current.refresh_at(self._refresh_fraction):
-                return current
-            try:
-                fresh = self._request(state)
-            except TokenUnavailable:
-                if current is not None and self._clock() < current.expires_at:
-                    return current  # still valid: polls go on, the next one retries
-                raise
-            state.token = fresh
-            return fresh
-        finally:
-            state.lock.release()
-
-    def invalidate(self, tenant: str) -> None:
-        """Forget the tenant's token (e.g. the server said it expired)."""
-        self._tenants[tenant].token = None
+        with state.lock:
+            return self._request(state)
 
     # -- MSAL -----------------------------------------------------------------------------
-    def _session(self) -> requests.Session:
+    def _session(self, state: _TenantState) -> requests.Session:
         session = requests.Session()
+
+        def remember_retry_after(response: requests.Response, **_kwargs: Any) -> None:
+            value = response.headers.get("Retry-After")
+            state.retry_after = float(value) if value and value.isdigit() else None
+
+        session.hooks["response"].append(remember_retry_after)
         if self._ca_file:
             session.verify = self._ca_file
             # Otherwise REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE silently override `verify`.
@@ -168,25 +161,31 @@ class MsalTokenProvider:
         return credential.read_client_secret().get_secret_value()
 
     def _app(self, state: _TenantState) -> Any:
-        if state.app is not None:
-            return state.app
         tenant = state.tenant
-        host = tenant.authority_host.removeprefix("https://")
         try:
-            state.app = msal.ConfidentialClientApplication(
-                tenant.client_id,
-                client_credential=self._credential(state),
-                authority=tenant.authority,
-                instance_discovery=host in MICROSOFT_AUTHORITY_HOSTS,
-                http_client=self._session(),
-                timeout=HTTP_TIMEOUT,
-            )
+            credential = self._credential(state)
         except SecretReadError as exc:
             raise TokenRejected(
                 f"tenant {tenant.name}: cannot read the credential ({exc})",
                 code=None,
-                hint="check that the secret file exists and is readable by the daemon's user",
+                hint="check that the credential file exists and is readable by the daemon's user",
             ) from None
+        fingerprint = _fingerprint(credential)
+        if state.app is not None and fingerprint == state.fingerprint:
+            return state.app
+        if state.app is not None:
+            # A rotated secret or certificate: a new app, so MSAL's cached errors go too.
+            state.rotated = True
+        host = tenant.authority_host.removeprefix("https://")
+        try:
+            state.app = msal.ConfidentialClientApplication(
+                tenant.client_id,
+                client_credential=credential,
+                authority=tenant.authority,
+                instance_discovery=host in MICROSOFT_AUTHORITY_HOSTS,
+                http_client=self._session(state),
+                timeout=HTTP_TIMEOUT,
+            )
         except ValueError as exc:
             # OIDC discovery failed while building the app: unknown tenant or no network.
             code = _first_aadsts_in_chain(exc)
@@ -196,10 +195,12 @@ class MsalTokenProvider:
                     hint=self._tls_hint(exc),
                 ) from None
             raise self._rejected(state, code, "authority discovery failed") from None
+        state.fingerprint = fingerprint
         return state.app
 
     def _request(self, state: _TenantState) -> AccessToken:
         tenant = state.tenant
+        state.retry_after = None
         try:
             app = self._app(state)
             app.remove_tokens_for_client()
@@ -211,7 +212,8 @@ class MsalTokenProvider:
         except msal.exceptions.MsalServiceError as exc:
             self._observe(tenant.name, ok=False)
             raise TokenUnavailable(
-                f"tenant {tenant.name}: identity platform error ({type(exc).__name__})"
+                f"tenant {tenant.name}: identity platform error ({type(exc).__name__})",
+                retry_after=state.retry_after,
             ) from None
         except requests.RequestException as exc:
             self._observe(tenant.name, ok=False)
@@ -229,6 +231,7 @@ class MsalTokenProvider:
                 f"tenant {tenant.name}: token request failed: {error}"
                 + (f" (AADSTS{code})" if code else ""),
                 hint=hint_for(code),
+                retry_after=state.retry_after,
             )
         expires_in = float(result.get("expires_in") or 3600)
         token = AccessToken(

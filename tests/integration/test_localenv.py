@@ -302,6 +302,7 @@ def test_token_lifetime_control_and_request_log_without_secrets(
     assert log[0]["credential"] == "secret"
     assert log[0]["client_id"] == env_info.tenant("contoso").client_id
     assert env_info.tenant("contoso").secret not in str(log)
+    assert body["access_token"] in idp.issued_secrets()["tokens"]
 
 
 def test_fixture_login_writes_realistic_messages_into_any_mailbox_and_folder(

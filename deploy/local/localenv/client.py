@@ -57,6 +57,11 @@ class IdpControl:
         """The token request log: time, tenant, client_id, credential, status, error_code."""
         return list(self._call("GET", "requests"))
 
+    def issued_secrets(self) -> dict[str, list[str]]:
+        """``{"tokens": [...], "assertions": [...]}``: every access token issued and client
+        assertion received (newest 5000 of each), to search a daemon's output for them."""
+        return dict(self._call("GET", "secrets"))
+
     def clear_requests(self) -> None:
         self._call("DELETE", "requests")
 

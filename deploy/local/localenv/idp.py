@@ -37,6 +37,7 @@ from localenv.tokens import EXCHANGE_RESOURCE, mint_access_token
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 FEDERATED_AUDIENCE = "api://AzureADTokenExchange"
+RECORDED_SECRETS = 5000
 
 AADSTS_MESSAGES: dict[int, tuple[int, str, str]] = {
     # code: (HTTP status, OAuth error, description)
@@ -171,6 +172,10 @@ class State:
     lock: threading.Lock = field(default_factory=threading.Lock)
     failures: list[Failure] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
+    # Every access token issued and client assertion received, so that tests can search a
+    # daemon's output for them (bounded: the newest RECORDED_SECRETS of each).
+    issued: list[str] = field(default_factory=list)
+    assertions: list[str] = field(default_factory=list)
 
     def tenant(self, name: str) -> tuple[str, dict[str, Any]] | None:
         tenants: dict[str, dict[str, Any]] = self.config["tenants"]
@@ -311,6 +316,12 @@ class Handler(BaseHTTPRequestHandler):
                 else None
             ),
         }
+        if "client_assertion" in form:
+            with state.lock:
+                state.assertions = [
+                    *state.assertions[-RECORDED_SECRETS + 1 :],
+                    form["client_assertion"],
+                ]
         failure = self._take_failure(tenant_name)
         if failure is not None:
             if failure.delay:
@@ -350,6 +361,8 @@ class Handler(BaseHTTPRequestHandler):
         )
         entry.update(status=200, credential=credential, expires_in=int(lifetime))
         self._log(entry)
+        with state.lock:
+            state.issued = [*state.issued[-RECORDED_SECRETS + 1 :], token]
         self._send_json(
             200,
             {
@@ -518,6 +531,11 @@ class Handler(BaseHTTPRequestHandler):
             if method == "DELETE" and route == "requests":
                 state.requests.clear()
                 self._send_json(200, {"ok": True})
+                return
+            if method == "GET" and route == "secrets":
+                self._send_json(
+                    200, {"tokens": list(state.issued), "assertions": list(state.assertions)}
+                )
                 return
             if method == "GET" and route == "settings":
                 self._send_json(200, {"token_lifetime": state.token_lifetime})

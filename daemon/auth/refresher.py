@@ -1,0 +1,242 @@
+"""Keeps one token per tenant fresh in the background, so that no poll waits for one.
+
+A single thread renews each tenant's token once ``refresh_fraction`` (2/3) of its lifetime has
+passed. While the current token is still valid, a failed renewal is retried with exponential
+backoff and jitter (never sooner than the platform's Retry-After) and polls go on with the
+current token. Only when no valid token remains does ``token()`` fail, and then without a
+network request unless a retry is due: exactly one request per tenant is ever in flight.
+A rejected configuration (AADSTS code) is logged once per change, with its hint.
+
+    refresher thread ──acquire()──▶ MsalTokenClient ──▶ identity platform
+    polls ──token()──▶ current token (no network while one is valid)
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from daemon.auth import AccessToken
+from daemon.auth.errors import TokenRejected, TokenUnavailable
+
+REFRESH_FRACTION = 2 / 3
+RETRY_FIRST = 1.0
+RETRY_CAP_VALID = 300.0
+"""While a valid token remains, retries need not hurry."""
+RETRY_CAP_REJECTED = 300.0
+LOCK_WAIT = 40.0
+"""How long a poll waits for a request already in flight (longer than its HTTP timeout)."""
+LOOP_MAX_WAIT = 5.0
+
+
+class TokenSource(Protocol):
+    def acquire(self, tenant: str) -> AccessToken: ...
+
+
+@dataclass
+class _Tenant:
+    name: str
+    retry_cap_expired: float
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    token: AccessToken | None = None
+    failures: int = 0
+    next_attempt: float = 0.0
+    last_error: Exception | None = None
+    logged_key: tuple[str, str] | None = None
+
+
+def usable_until(token: AccessToken) -> float:
+    """A token is handed out until shortly before it expires (10% of its life, at most 60 s)."""
+    margin = min(60.0, (token.expires_at - token.obtained_at) * 0.1)
+    return token.expires_at - margin
+
+
+class TokenRefresher:
+    """The daemon's ``TokenProvider``."""
+
+    def __init__(
+        self,
+        source: TokenSource,
+        tenants: Sequence[str],
+        *,
+        log: Any,
+        poll_intervals: Mapping[str, float] | None = None,
+        refresh_fraction: float = REFRESH_FRACTION,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        intervals = poll_intervals or {}
+        self._source = source
+        self._log = log
+        # Without a token, a tenant's polls wait for the refresher: retrying about twice per
+        # shortest poll interval brings them back within one interval of the platform's return.
+        self._tenants = {
+            name: _Tenant(name, min(30.0, max(1.0, intervals.get(name, 60.0) / 2)))
+            for name in tenants
+        }
+        self._on_recovered: list[Callable[[str], None]] = []
+        self._fraction = refresh_fraction
+        self._clock = clock
+        self._rng = rng or random.Random()  # noqa: S311 - jitter
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def when_recovered(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(tenant)`` whenever a tenant without a valid token gets one."""
+        self._on_recovered.append(callback)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="token-refresher", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- the provider ---------------------------------------------------------------------
+    def token(self, tenant: str) -> AccessToken:
+        """The tenant's current token; a network request only when none is valid."""
+        state = self._tenants[tenant]
+        current = state.token
+        if current is not None and self._clock() < usable_until(current):
+            return current
+        if not state.lock.acquire(timeout=LOCK_WAIT):
+            raise TokenUnavailable(f"tenant {tenant}: a token request is taking too long")
+        try:
+            current = state.token
+            now = self._clock()
+            if current is not None and now < usable_until(current):
+                return current
+            if now < state.next_attempt:
+                raise self._still_failing(state, now)
+            return self._attempt(state)
+        finally:
+            state.lock.release()
+
+    def report_expired(self, tenant: str, token: AccessToken) -> None:
+        """The server ended a session for an expired token: renew now, not at 2/3."""
+        state = self._tenants[tenant]
+        if state.token is token:
+            state.token = None
+            state.next_attempt = 0.0
+            self._wake.set()
+
+    def current_expiry(self, tenant: str) -> float | None:
+        token = self._tenants[tenant].token
+        return token.expires_at if token is not None else None
+
+    # -- refreshing -----------------------------------------------------------------------
+    def _due(self, state: _Tenant) -> float:
+        if state.failures:
+            return state.next_attempt
+        if state.token is None:
+            return 0.0
+        return state.token.refresh_at(self._fraction)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            wait = self.refresh_due()
+            self._wake.wait(min(max(wait, 0.05), LOOP_MAX_WAIT))
+            self._wake.clear()
+
+    def refresh_due(self) -> float:
+        """Renew every token that is due (one pass); returns seconds until the next is due."""
+        for state in self._tenants.values():
+            if self._due(state) <= self._clock() and state.lock.acquire(blocking=False):
+                try:
+                    if self._due(state) <= self._clock():
+                        self._attempt(state)
+                except (TokenUnavailable, TokenRejected):
+                    pass  # logged and rescheduled by _attempt
+                finally:
+                    state.lock.release()
+        now = self._clock()
+        return min((self._due(s) for s in self._tenants.values()), default=now + 60) - now
+
+    def _attempt(self, state: _Tenant) -> AccessToken:
+        """One request; the caller holds ``state.lock``."""
+        try:
+            token = self._source.acquire(state.name)
+        except TokenUnavailable as exc:
+            self._failed(state, exc, retry_after=exc.retry_after)
+            raise
+        except TokenRejected as exc:
+            self._failed(state, exc, retry_after=None)
+            raise
+        recovered = state.failures > 0 or state.token is None
+        if state.failures:
+            self._log.info("token obtained again", tenant=state.name, failures=state.failures)
+        state.token, state.failures, state.next_attempt = token, 0, 0.0
+        state.last_error, state.logged_key = None, None
+        self._log.debug(
+            "token refreshed",
+            tenant=state.name,
+            expires_in_s=round(token.expires_at - self._clock()),
+        )
+        if recovered:
+            for callback in self._on_recovered:
+                callback(state.name)
+        return token
+
+    def _failed(self, state: _Tenant, exc: Exception, *, retry_after: float | None) -> None:
+        now = self._clock()
+        state.failures += 1
+        state.last_error = exc
+        valid = state.token is not None and now < usable_until(state.token)
+        if isinstance(exc, TokenRejected):
+            cap = RETRY_CAP_REJECTED
+        else:
+            cap = RETRY_CAP_VALID if valid else state.retry_cap_expired
+        base = min(cap, RETRY_FIRST * 2 ** min(state.failures - 1, 20))
+        delay = base * self._rng.uniform(0.5, 1.0)
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        state.next_attempt = now + delay
+        fields: dict[str, Any] = {
+            "tenant": state.name,
+            "reason": "token",
+            "error": str(exc),
+            "failures": state.failures,
+            "retry_in_s": round(delay, 1),
+            "token_valid_for_s": round(usable_until(state.token) - now)
+            if valid and state.token
+            else 0,
+        }
+        code = getattr(exc, "code", None)
+        if code:
+            fields["aadsts"] = code
+        hint = getattr(exc, "hint", None)
+        if hint:
+            fields["hint"] = hint
+        key = (type(exc).__name__, str(exc))
+        if key == state.logged_key:
+            self._log.debug("token request failed", **fields)
+            return
+        state.logged_key = key
+        if isinstance(exc, TokenRejected):
+            self._log.error("token request rejected", **fields)
+        else:
+            self._log.warning("token request failed", **fields)
+
+    def _still_failing(self, state: _Tenant, now: float) -> TokenUnavailable | TokenRejected:
+        last = state.last_error
+        if isinstance(last, TokenRejected):
+            # Still the configuration's fault: the mailbox is parked as auth_failed.
+            return TokenRejected(str(last), code=last.code, hint=last.hint)
+        return TokenUnavailable(
+            f"tenant {state.name}: no valid token; the last request failed ({last})",
+            hint=getattr(last, "hint", None),
+            retry_after=max(0.0, state.next_attempt - now),
+        )
