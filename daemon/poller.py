@@ -112,20 +112,25 @@ class Poller:
     ) -> None:
         for folder in mailbox.folders:
             job = FolderJob(mailbox_id, folder, mailbox.full_scan_interval, mailbox.backfill_days)
+            result = FolderResult(folder)
             try:
-                result = self._sync.sync_folder(session, job, states.get(folder))
+                self._sync.sync_folder(session, job, states.get(folder), result)
             except BaseException as exc:
-                self._log_folder(mailbox, FolderResult(folder, outcome="failure"), exc)
+                # Batches committed before the failure still count.
+                result.outcome = "failure"
+                self._record(mailbox, result, exc)
                 raise
-            self._record(mailbox, result)
+            self._record(mailbox, result, None)
             if result.outcome == "stopped":
                 break
 
-    def _record(self, mailbox: MailboxSettings, result: FolderResult) -> None:
+    def _record(
+        self, mailbox: MailboxSettings, result: FolderResult, exc: BaseException | None
+    ) -> None:
         self._metrics.messages_synced(mailbox.tenant, result.new, result.updated, result.deleted)
         for lag in result.lag_seconds:
             self._metrics.observe_sync_lag(mailbox.tenant, lag)
-        self._log_folder(mailbox, result, None)
+        self._log_folder(mailbox, result, exc)
 
     def _log_folder(
         self, mailbox: MailboxSettings, result: FolderResult, exc: BaseException | None

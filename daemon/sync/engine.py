@@ -61,11 +61,19 @@ class MailboxSync:
         self._monotonic = monotonic
 
     def sync_folder(
-        self, client: MailboxClient, job: FolderJob, state: FolderState | None
+        self,
+        client: MailboxClient,
+        job: FolderJob,
+        state: FolderState | None,
+        result: FolderResult | None = None,
     ) -> FolderResult:
-        """Poll one folder; store errors and connection errors propagate to the caller."""
+        """Poll one folder; store errors and connection errors propagate to the caller.
+
+        Pass ``result`` to keep what was committed before a failure (it is filled as each
+        batch commits).
+        """
         started = self._monotonic()
-        result = FolderResult(job.folder)
+        result = result if result is not None else FolderResult(job.folder)
         try:
             self._sync(client, job, state, result)
         finally:

@@ -10,7 +10,7 @@ import pytest
 
 from daemon.errors import FolderMissing
 from daemon.sync.algorithm import ServerFolder
-from daemon.sync.engine import FolderJob, MailboxSync
+from daemon.sync.engine import FolderJob, FolderResult, MailboxSync
 from daemon.sync.model import Flags, FolderChanges, FolderState, MessageRecord
 
 T0 = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
@@ -344,3 +344,14 @@ def test_empty_folder_records_its_uidvalidity(world) -> None:
     server.folders["INBOX"] = (42, {})
     assert _poll(world).outcome == "success"
     assert store.folders["INBOX"].uidvalidity == 42
+
+
+def test_a_failure_keeps_the_counts_of_batches_committed_before_it(world) -> None:
+    server, _, _, sync = world
+    server.append("INBOX", 35)
+    server.fail_fetch_after = 2
+    result = FolderResult("INBOX")
+    with pytest.raises(ConnectionError):
+        sync.sync_folder(FakeClient(server), JOB, None, result)
+    assert result.new == 20
+    assert result.duration >= 0
