@@ -46,9 +46,20 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _validity() -> tuple[dt.datetime, dt.datetime]:
+def _builder(
+    subject: x509.Name, issuer: x509.Name, key: rsa.RSAPrivateKey
+) -> x509.CertificateBuilder:
+    """A certificate for ``key``'s public half, valid from yesterday for 30 days."""
     now = dt.datetime.now(dt.UTC)
-    return now - dt.timedelta(days=1), now + dt.timedelta(days=30)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+    )
 
 
 @dataclass(frozen=True)
@@ -59,15 +70,8 @@ class CertificateAuthority:
     @classmethod
     def create(cls, common_name: str = "mailsyncd local test CA") -> CertificateAuthority:
         key = new_key()
-        not_before, not_after = _validity()
         cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name(common_name))
-            .issuer_name(_name(common_name))
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(not_before)
-            .not_valid_after(not_after)
+            _builder(_name(common_name), _name(common_name), key)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
                 x509.KeyUsage(
@@ -95,15 +99,8 @@ class CertificateAuthority:
     ) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
         """A TLS server certificate for localhost and 127.0.0.1."""
         key = new_key()
-        not_before, not_after = _validity()
         cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name(common_name))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(not_before)
-            .not_valid_after(not_after)
+            _builder(_name(common_name), self.cert.subject, key)
             .add_extension(
                 x509.SubjectAlternativeName(
                     [
@@ -129,18 +126,7 @@ class CertificateAuthority:
 def self_signed(common_name: str) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
     """A self-signed certificate, as operators upload to an app registration."""
     key = new_key()
-    not_before, not_after = _validity()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(_name(common_name))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
+    return key, _builder(_name(common_name), _name(common_name), key).sign(key, hashes.SHA256())
 
 
 def write_private(path: Path, data: bytes) -> Path:
