@@ -1,0 +1,59 @@
+"""The configuration file: YAML in, frozen and validated pydantic models out.
+
+``load_config`` reads the file given by ``-c FILE`` or ``MAILSYNCD_CONFIG`` and raises one
+:class:`ConfigError` listing every problem with its key path (``mailboxes[3].tenant``), so an
+operator fixes a file in one round. Variables named by ``*_env`` keys are read when the file is
+loaded; secret files are checked then and read only when a secret is needed (they may rotate).
+Secret values never enter an error message or a repr.
+"""
+
+from __future__ import annotations
+
+from daemon.config.fields import (
+    CONFIG_ENV_VAR,
+    ConfigError,
+    ConfigIssue,
+    MailboxSettings,
+    SecretReadError,
+    format_errors,
+    parse_duration,
+)
+from daemon.config.loader import config_from_mapping, load_config
+from daemon.config.model import (
+    CertificateCredential,
+    Config,
+    Credential,
+    DatabaseConfig,
+    Defaults,
+    HttpConfig,
+    ImapEndpoint,
+    Limits,
+    LoggingConfig,
+    Mailbox,
+    Tenant,
+    TlsConfig,
+)
+
+__all__ = [
+    "CONFIG_ENV_VAR",
+    "CertificateCredential",
+    "Config",
+    "ConfigError",
+    "ConfigIssue",
+    "Credential",
+    "DatabaseConfig",
+    "Defaults",
+    "HttpConfig",
+    "ImapEndpoint",
+    "Limits",
+    "LoggingConfig",
+    "Mailbox",
+    "MailboxSettings",
+    "SecretReadError",
+    "Tenant",
+    "TlsConfig",
+    "config_from_mapping",
+    "format_errors",
+    "load_config",
+    "parse_duration",
+]

@@ -1,0 +1,235 @@
+"""Configuration values: durations, files, addresses, and the errors that report them."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    ValidationInfo,
+)
+
+from daemon.errors import PermanentError
+
+CONFIG_ENV_VAR = "MAILSYNCD_CONFIG"
+FILE_PATH = "(file)"  # the key path of problems with the file as a whole
+
+_INLINE_SECRET_KEYS = ("client_secret", "secret", "password", "private_key")
+_INLINE_HINT = (
+    "secrets must not be written into the configuration: put the secret in a file and name it "
+    "with client_secret_file, or in an environment variable and name it with client_secret_env"
+    " (a certificate's key goes in certificate.private_key_file)"
+)
+_DURATION_HINT = "must be a duration such as 30, 30s, 5m, 1h or 1h30m"
+_DURATION_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+_DURATION_RE = re.compile(r"(?:\d+(?:\.\d+)?[dhms])+|\d+(?:\.\d+)?")
+_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ADDRESS_RE = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)*")
+_TENANT_NAME_RE = re.compile(r"[a-z0-9_-]{1,64}")
+_GUID_RE = re.compile(r"[0-9a-f]{8}-(?:[0-9a-f]{4}-){3}[0-9a-f]{12}")
+_DOMAIN_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+")
+_DB_URL_RE = re.compile(r"[a-z][a-z0-9+]*://\S*")
+_DB_URL_HINT = (
+    "must be a SQLAlchemy URL such as postgresql+psycopg://user@host/db or sqlite:////path/db"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    """One problem in the configuration, at a key path such as ``mailboxes[3].tenant``."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``errors`` lists every problem found."""
+
+    def __init__(self, errors: Iterable[ConfigIssue]) -> None:
+        self.errors: list[ConfigIssue] = list(errors)
+        super().__init__("\n".join(str(issue) for issue in self.errors))
+
+
+class SecretReadError(PermanentError):
+    """A secret file or variable could not be read (its content never appears here).
+
+    Permanent: a token cannot be requested until an operator fixes the file or variable.
+    """
+
+    reason = "token"
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(f"{key}: {message}")
+
+
+def format_errors(err: ConfigError) -> str:
+    """Return one ``path: message`` line per problem."""
+    return "\n".join(str(issue) for issue in err.errors)
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxSettings:
+    """A mailbox with its effective settings (intervals in seconds)."""
+
+    address: str
+    tenant: str
+    folders: tuple[str, ...]
+    poll_interval: float
+    full_scan_interval: float
+    backfill_days: int | None
+
+
+# -- values ------------------------------------------------------------------------------------
+
+
+def parse_duration(value: object) -> float:
+    """Return a duration (30, "30", "30s", "5m", "1h", "1h30m") in seconds; at least 1s."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(_DURATION_HINT)  # noqa: TRY004 - pydantic reports ValueError, not TypeError
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if not _DURATION_RE.fullmatch(text):
+            raise ValueError(f"{_DURATION_HINT}, not {value[:40]!r}")
+        parts = _DURATION_PART_RE.findall(text)
+        ranks = ["dhms".index(unit) for _, unit in parts]
+        if ranks != sorted(set(ranks)):
+            raise ValueError(f"{_DURATION_HINT}: each unit once, largest first")
+        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts) if parts else float(text)
+    else:
+        seconds = float(value)
+    if not math.isfinite(seconds) or seconds < 1:
+        raise ValueError("must be at least 1s")
+    return seconds
+
+
+@dataclass(frozen=True, slots=True)
+class _LoadContext:
+    environ: Mapping[str, str]
+    base_dir: Path
+    check_secrets: bool
+
+
+def _context(info: ValidationInfo) -> _LoadContext:
+    ctx = info.context
+    if isinstance(ctx, dict) and isinstance(ctx.get("load"), _LoadContext):
+        return ctx["load"]  # type: ignore[no-any-return]
+    return _LoadContext(os.environ, Path.cwd(), check_secrets=True)
+
+
+def _file_problem(path: Path, raw: str, problem: str) -> ValueError:
+    # A value without a slash may be a secret pasted where its file name belongs: never echo it.
+    if "/" in raw:
+        return ValueError(f"{str(path)!r} {problem}")
+    return ValueError(
+        f"the file {problem} (its name is not shown because it does not look like a path:"
+        " is a secret pasted here?)"
+    )
+
+
+def _file(value: object, info: ValidationInfo, *, secret: bool) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("must be a file path")
+    ctx = _context(info)
+    path = Path(value)
+    if not path.is_absolute():
+        path = ctx.base_dir / path
+    if secret and not ctx.check_secrets:
+        return path
+    if not path.exists():
+        raise _file_problem(path, value, "does not exist")
+    if not path.is_file():
+        raise _file_problem(path, value, "is not a file")
+    if not os.access(path, os.R_OK):
+        raise _file_problem(path, value, "is not readable by this user")
+    return path
+
+
+def _secret_file(value: object, info: ValidationInfo) -> Path:
+    return _file(value, info, secret=True)
+
+
+def _plain_file(value: object, info: ValidationInfo) -> Path:
+    return _file(value, info, secret=False)
+
+
+def _env_name(value: str) -> str:
+    if not _ENV_NAME_RE.fullmatch(value):
+        # not echoed: a secret pasted here instead of a variable name must not be printed
+        raise ValueError("must be the name of an environment variable (letters, digits, _)")
+    return value
+
+
+def _env_value(name: str, info: ValidationInfo) -> str | None:
+    value = _context(info).environ.get(name)
+    return value.strip() if value is not None and value.strip() else None
+
+
+def _token(value: object) -> object:
+    if isinstance(value, str) and (not value or any(c.isspace() for c in value)):
+        raise ValueError("must be a non-empty value without spaces")
+    return value
+
+
+def _lower(value: object) -> object:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+def _address(value: object) -> object:
+    if isinstance(value, str):
+        value = value.strip().lower()
+        if not _ADDRESS_RE.fullmatch(value):
+            raise ValueError(f"{value[:80]!r} is not a mail address (local@domain)")
+    return value
+
+
+def _unique(folders: tuple[str, ...]) -> tuple[str, ...]:
+    seen: set[str] = set()
+    for folder in folders:
+        if folder in seen:
+            raise ValueError(f"folder {folder!r} is listed twice")
+        seen.add(folder)
+    return folders
+
+
+def _not_empty(value: str) -> str:
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+SecretFile = Annotated[Path, BeforeValidator(_secret_file)]
+PlainFile = Annotated[Path, BeforeValidator(_plain_file)]
+Token = Annotated[str, BeforeValidator(_token)]
+Folders = Annotated[
+    tuple[Annotated[str, AfterValidator(_not_empty)], ...],
+    Field(min_length=1),
+    AfterValidator(_unique),
+]
+Count = Annotated[int, Field(strict=True, ge=1)]
+Port = Annotated[int, Field(strict=True, ge=1, le=65535)]
+
+
+def _read(path: Path, key: str) -> str:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        raise SecretReadError(key, "the file is not UTF-8 text") from None
+    except OSError as exc:
+        raise SecretReadError(key, f"cannot read the file: {exc.strerror}") from None
+    if not text:
+        raise SecretReadError(key, "the file is empty")
+    return text
