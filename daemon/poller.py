@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -11,8 +13,8 @@ from daemon.config import MailboxSettings, Tenant
 from daemon.errors import TokenExpiredOnServer
 from daemon.metrics import Metrics
 from daemon.sync.engine import FolderJob, FolderResult, MailboxSync
-from daemon.sync.model import FolderState
-from daemon.sync.ports import MailboxClient, Store
+from daemon.sync.model import FolderChanges, FolderState
+from daemon.sync.ports import ApplyCounts, MailboxClient, Store
 
 
 class Session(MailboxClient, Protocol):
@@ -25,6 +27,29 @@ class Session(MailboxClient, Protocol):
 
 class PollStore(Store, Protocol):
     def ensure_mailbox(self, address: str, tenant: str) -> int: ...
+
+
+class _TimedStore:
+    """The store with every write transaction timed into ``mailsyncd_db_write_duration``."""
+
+    def __init__(self, store: PollStore, metrics: Metrics) -> None:
+        self._store = store
+        self._metrics = metrics
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def apply(self, changes: FolderChanges, now: dt.datetime) -> ApplyCounts:
+        with self._metrics.time_db_write():
+            return self._store.apply(changes, now)
+
+    def reset_folder(self, folder_id: int, uidvalidity: int, now: dt.datetime) -> int:
+        with self._metrics.time_db_write():
+            return self._store.reset_folder(folder_id, uidvalidity, now)
+
+    def mark_folder_vanished(self, folder_id: int, now: dt.datetime) -> int:
+        with self._metrics.time_db_write():
+            return self._store.mark_folder_vanished(folder_id, now)
 
 
 Connector = Callable[[Tenant], Session]
@@ -64,8 +89,11 @@ class Poller:
         self._connect = connect
         self._metrics = metrics
         self._log = log
-        self._sync = MailboxSync(store, batch_size=batch_size, should_stop=should_stop)
+        timed: Store = _TimedStore(store, metrics)
+        self._sync = MailboxSync(timed, batch_size=batch_size, should_stop=should_stop)
         self._mailbox_ids: dict[str, int] = {}
+        self._missing: set[tuple[str, str]] = set()
+        self._missing_lock = threading.Lock()
 
     def poll(self, mailbox: MailboxSettings) -> None:
         """Poll every folder of ``mailbox``; raises the failure that ended the poll."""
@@ -128,9 +156,20 @@ class Poller:
         self, mailbox: MailboxSettings, result: FolderResult, exc: BaseException | None
     ) -> None:
         self._metrics.messages_synced(mailbox.tenant, result.new, result.updated, result.deleted)
+        self._note_missing(mailbox.address, result)
         for lag in result.lag_seconds:
             self._metrics.observe_sync_lag(mailbox.tenant, lag)
         self._log_folder(mailbox, result, exc)
+
+    def _note_missing(self, address: str, result: FolderResult) -> None:
+        key = (address, result.folder)
+        with self._missing_lock:
+            if result.outcome in ("missing", "skipped"):
+                self._missing.add(key)
+            elif result.outcome == "success":
+                self._missing.discard(key)
+            count = len(self._missing)
+        self._metrics.set_folders_missing(count)
 
     def _log_folder(
         self, mailbox: MailboxSettings, result: FolderResult, exc: BaseException | None

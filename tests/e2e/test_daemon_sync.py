@@ -123,6 +123,7 @@ def test_first_sync_matches_seeded_messages_field_by_field_and_follows_new_mail(
     )
     assert time.monotonic() - appended < 7
     assert daemon.metric("mailsyncd_messages_synced_total", change="new") == sum(total.values()) + 3
+    assert daemon.metric("mailsyncd_db_write_duration_seconds_count") >= 5000 / 500
     assert daemon.stop() == 0
     lines = daemon.log_lines()
     assert all({"level", "timestamp", "event"} <= line.keys() for line in lines)
@@ -180,6 +181,7 @@ def test_flags_expunges_uidvalidity_change_and_vanished_folder(
         )
 
     wait_for(settled, timeout=30, what="flags, expunges, resync and vanished folder")
+    assert daemon.metric("mailsyncd_folders_missing") == 1
     # The vanished folder does not stop the others: new mail in INBOX still arrives.
     imap.append("INBOX", realistic_messages(1, seed=9))
     wait_for(lambda: _count(database_url, mailbox) == 8 + 1 + 2, timeout=15, what="new mail")
