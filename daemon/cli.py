@@ -1,4 +1,4 @@
-"""Command line of mailsyncd: run, validate, migrate (exit codes as the SPEC lists them)."""
+"""Command line of mailsyncd: run, validate, migrate, check (exit codes as the SPEC lists them)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     with_config("validate", "parse and validate the configuration, print every error")
     with_config("migrate", "bring the database schema to head and exit")
+    check = with_config(
+        "check",
+        "diagnose the setup step by step (credential, token and its claims, DNS/TCP/TLS, "
+        "XOAUTH2 login, folders), each failure with its likely cause and fix; "
+        "exit 0 all passed, 1 a step failed, 2 bad config",
+    )
+    check.add_argument(
+        "--mailbox",
+        metavar="ADDR",
+        action="append",
+        default=[],
+        help="check only this mailbox and its tenant (repeatable; default: every mailbox)",
+    )
+    check.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document (schema: docs/check-output.schema.json)",
+    )
+    check.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=_seconds,
+        default=10.0,
+        help="time bound of each network step (default: 10)",
+    )
     return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 600:
+        raise argparse.ArgumentTypeError("must be a number of seconds between 0 and 600")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,5 +86,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": commands.run,
         "validate": commands.validate,
         "migrate": commands.migrate,
+        "check": commands.check,
     }[args.command]
     return handler(args)
