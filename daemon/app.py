@@ -26,7 +26,7 @@ from daemon.auth.refresher import TokenRefresher
 from daemon.config import Config, Tenant
 from daemon.errors import MailsyncError
 from daemon.http import HealthServer
-from daemon.imap.client import ImapMailbox, make_ssl_context
+from daemon.imap.client import ImapMailbox
 from daemon.logging import SecretRegistry, configure_logging, get_logger
 from daemon.metrics import Metrics
 from daemon.poller import Poller, Session
@@ -35,6 +35,7 @@ from daemon.store.engine import create_engine_for
 from daemon.store.migrate import is_at_head
 from daemon.store.migrate import migrate as run_migrations
 from daemon.store.repository import SqlStore
+from daemon.tls import make_ssl_context
 
 SHUTDOWN_POLLS_TIMEOUT = 7.0
 MIGRATION_WAIT = 60.0

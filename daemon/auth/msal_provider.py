@@ -11,6 +11,7 @@ the ``ValueError`` that OIDC discovery raises for an unknown tenant.
 from __future__ import annotations
 
 import hashlib
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,11 +22,13 @@ import msal
 import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from requests.adapters import HTTPAdapter
 
 from daemon.auth import AccessToken
 from daemon.auth.errors import TokenRejected, TokenUnavailable
 from daemon.auth.hints import PERMANENT_CODES, hint_for
 from daemon.config import SecretReadError, Tenant
+from daemon.tls import make_ssl_context
 
 HTTP_TIMEOUT = 15.0
 # Hosts of Microsoft's clouds, where MSAL's instance discovery works; elsewhere it is off.
@@ -40,6 +43,18 @@ MICROSOFT_AUTHORITY_HOSTS = frozenset(
 
 TokenObserver = Callable[[str, bool, AccessToken | None], None]
 """Called after every token request: (tenant name, succeeded, token)."""
+
+
+class _TrustAdapter(HTTPAdapter):
+    """HTTPS through the daemon's own verifying SSL context."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._context = context
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["ssl_context"] = self._context
+        super().init_poolmanager(*args, **kwargs)
 
 
 def _thumbprint(certificate_pem: str) -> str:
@@ -93,6 +108,8 @@ class _TenantState:
     rotated: bool = False
     retry_after: float | None = None
     """The platform's Retry-After of the last answer (429, 503), in seconds."""
+    throttled_until: float = 0.0
+    """No request before this time (epoch s): MSAL would only replay the throttled answer."""
 
 
 class MsalTokenClient:
@@ -133,11 +150,15 @@ class MsalTokenClient:
         def remember_retry_after(response: requests.Response, **_kwargs: Any) -> None:
             value = response.headers.get("Retry-After")
             state.retry_after = float(value) if value and value.isdigit() else None
+            if state.retry_after is not None:
+                state.throttled_until = self._clock() + state.retry_after
 
         session.hooks["response"].append(remember_retry_after)
         if self._ca_file:
-            session.verify = self._ca_file
-            # Otherwise REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE silently override `verify`.
+            # tls.ca_file is an *extra* CA: the system roots stay trusted (a plain
+            # `verify=<file>` would trust that file alone).
+            session.mount("https://", _TrustAdapter(make_ssl_context(self._ca_file)))
+            # Otherwise REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE silently override the trust.
             session.trust_env = False
         return session
 
@@ -200,6 +221,12 @@ class MsalTokenClient:
 
     def _request(self, state: _TenantState) -> AccessToken:
         tenant = state.tenant
+        wait = state.throttled_until - self._clock()
+        if wait > 0:
+            raise TokenUnavailable(
+                f"tenant {tenant.name}: the identity platform asked to wait {wait:.0f} s",
+                retry_after=wait,
+            )
         state.retry_after = None
         try:
             app = self._app(state)
@@ -209,6 +236,15 @@ class MsalTokenClient:
         except (TokenUnavailable, TokenRejected):
             self._observe(tenant.name, ok=False)
             raise
+        except SecretReadError as exc:
+            # The federated token file is read inside MSAL, for every request.
+            self._observe(tenant.name, ok=False)
+            raise TokenRejected(
+                f"tenant {tenant.name}: cannot read the credential ({exc})",
+                code=None,
+                hint="check that the credential file exists and is readable by the daemon's "
+                "user (for workload identity: the projected service account token)",
+            ) from None
         except msal.exceptions.MsalServiceError as exc:
             self._observe(tenant.name, ok=False)
             raise TokenUnavailable(

@@ -307,9 +307,8 @@ def diagnose_token_error(
             f"no token: {error}",
             cause=f"the certificate of {tenant.authority_host} did not verify against {trusted}",
             fix=f"set tls.ca_file to a PEM bundle holding the CA that issued the certificate of "
-            f"{tenant.authority_host}; when tls.ca_file is set, token requests trust only that "
-            "file (not the system CAs), so a bundle made for a private IMAP CA must also hold "
-            "the public roots: cat /etc/ssl/certs/ca-certificates.crt private-ca.pem > bundle.pem",
+            f"{tenant.authority_host} (behind a TLS-inspecting proxy: the proxy's CA); the "
+            "system CAs stay trusted as well",
         )
     if isinstance(error, TokenUnavailable):
         return Finding.failed(

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from daemon.check.model import Finding
-from daemon.imap.client import make_ssl_context
+from daemon.tls import make_ssl_context
 
 T = TypeVar("T")
 

@@ -55,15 +55,6 @@ _LOST: Final = (imaplib.IMAP4.abort, OSError, EOFError)
 _CONNECT_HINT: Final = "check imap.host and imap.port, and that the server is reachable"
 
 
-def make_ssl_context(ca_file: str | None = None) -> ssl.SSLContext:
-    """A verifying client context: the system CAs plus ``ca_file`` (``tls.ca_file``)."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if ca_file:
-        context.load_verify_locations(cafile=ca_file)
-    return context
-
-
 def uid_set(uids: Iterable[int]) -> str:
     """A compact IMAP UID set: ``[1, 2, 3, 7, 9, 10]`` -> ``"1:3,7,9:10"``."""
     ordered = sorted(set(uids))

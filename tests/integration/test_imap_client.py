@@ -30,8 +30,9 @@ from daemon.errors import (
     TokenExpiredOnServer,
     TransientError,
 )
-from daemon.imap.client import ImapMailbox, make_ssl_context, open_mailbox, uid_set
+from daemon.imap.client import ImapMailbox, open_mailbox, uid_set
 from daemon.sync.model import MessageRecord
+from daemon.tls import make_ssl_context
 from localenv.env import EnvInfo, LocalEnv
 from localenv.imap import FixtureImap
 from localenv.seed import ANY_TEXT, MB, Expected, OneOf, hostile_messages, realistic_messages
