@@ -74,19 +74,19 @@ class Metrics:
 
         self.polls_total = Counter(
             "mailsyncd_polls_total",
-            "Folder polls finished, by outcome.",
+            "Mailbox polls finished (every configured folder of one mailbox), by outcome.",
             ["tenant", "outcome"],
             registry=reg,
         )
         self.poll_failures_total = Counter(
             "mailsyncd_poll_failures_total",
-            "Failed folder polls, by the class of failure.",
+            "Failed mailbox polls, by the class of failure.",
             ["tenant", "reason"],
             registry=reg,
         )
         self.poll_duration_seconds = Histogram(
             "mailsyncd_poll_duration_seconds",
-            "Wall time of one folder poll, successful or not.",
+            "Wall time of one mailbox poll, successful or not.",
             ["tenant"],
             buckets=POLL_DURATION_BUCKETS,
             registry=reg,
@@ -136,7 +136,8 @@ class Metrics:
         )
         self.oldest_successful_poll_timestamp_seconds = Gauge(
             "mailsyncd_oldest_successful_poll_timestamp_seconds",
-            "Unix time of the stalest mailbox's last successful poll (0: one never succeeded).",
+            "Unix time of the stalest mailbox's last successful poll "
+            "(the start time for one that never succeeded).",
             registry=reg,
         )
         self.db_write_duration_seconds = Histogram(
@@ -200,7 +201,7 @@ class Metrics:
         duration: float,
         reason: FailureReason | str | None = None,
     ) -> None:
-        """Counts one folder poll; a failure also counts under ``reason`` (unknown: other)."""
+        """Counts one mailbox poll; a failure also counts under ``reason`` (unknown: other)."""
         if outcome not in OUTCOMES:
             raise ValueError(f"unknown poll outcome {outcome!r}")
         self.polls_total.labels(tenant, outcome).inc()

@@ -93,6 +93,9 @@ class PollScheduler:
     def start(self) -> None:
         now = self._clock()
         for runtime in self._runtime.values():
+            if not runtime.settings.enabled:
+                runtime.state = "disabled"  # never armed: `enabled: false` in the config
+                continue
             spread = min(runtime.settings.poll_interval, FIRST_POLL_SPREAD_MAX)
             runtime.due = now + self._rng.uniform(0, spread * 0.5)
             self._arm(runtime)
@@ -275,7 +278,11 @@ class PollScheduler:
         with self._lock:
             counts = Counter(r.state for r in self._runtime.values())
             oldest = min(
-                (r.last_success or self._started_at for r in self._runtime.values()),
+                (
+                    r.last_success or self._started_at
+                    for r in self._runtime.values()
+                    if r.state != "disabled"
+                ),
                 default=None,
             )
         self._metrics.set_mailbox_states({s: counts.get(s, 0) for s in STATES})

@@ -210,9 +210,7 @@ class TokenRefresher:
             "error": str(exc),
             "failures": state.failures,
             "retry_in_s": round(delay, 1),
-            "token_valid_for_s": round(usable_until(state.token) - now)
-            if valid and state.token
-            else 0,
+            "valid_for_s": round(usable_until(state.token) - now) if valid and state.token else 0,
         }
         code = getattr(exc, "code", None)
         if code:

@@ -90,6 +90,7 @@ class MailboxSettings:
     poll_interval: float
     full_scan_interval: float
     backfill_days: int | None
+    enabled: bool = True
 
 
 # -- values ------------------------------------------------------------------------------------

@@ -309,6 +309,7 @@ class Mailbox(_Model):
     poll_interval: Duration | None = None
     full_scan_interval: Duration | None = None
     backfill_days: Count | None = None  # an explicit null means the whole folder
+    enabled: StrictBool = True
 
 
 _SECTIONS = ("http", "tls", "logging", "defaults", "limits")
@@ -367,6 +368,7 @@ class Config(_Model):
                 backfill_days=(
                     m.backfill_days if "backfill_days" in m.model_fields_set else d.backfill_days
                 ),
+                enabled=m.enabled,
             )
             for m in self.mailboxes
         )
