@@ -6,12 +6,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: help venv packages lint format test test-unit env-start env-stop lock clean demo
+.PHONY: help venv packages lint format test test-unit env-start env-stop lock clean demo bench
 
 help:
 	@echo "make demo       run mailsyncd end to end on the local stand-in environment (SQLite)"
 	@echo "make test       lint and run the whole suite (installs everything it needs)"
 	@echo "make lint       ruff, ruff format --check, mypy strict"
+	@echo "make bench      time the daemon's initial sync into PostgreSQL vs a bare FETCH loop"
 	@echo "make env-start  start the local stand-in environment in .localenv/ (env-stop stops it)"
 
 $(STAMP): requirements-dev.lock pyproject.toml
@@ -42,6 +43,9 @@ test-unit: venv
 
 demo: venv packages
 	PYTHONPATH=deploy/local $(BIN)/python deploy/local/demo.py
+
+bench: venv packages
+	PYTHONPATH=deploy/local $(BIN)/python deploy/local/bench.py $(BENCH_ARGS)
 
 env-start: venv packages
 	PYTHONPATH=deploy/local $(BIN)/python -m localenv start --dir .localenv
