@@ -165,20 +165,33 @@ class SqlStore:
         with self._write() as connection:
             new = updated = 0
             if rows:
-                stmt = (
-                    self._insert(messages)
-                    .on_conflict_do_nothing(
+                # Rows already stored (a batch replayed after a crash) are looked up first, so
+                # that the new ones go in through the driver's executemany: one short prepared
+                # statement, instead of a multi-row INSERT ... RETURNING whose SQL text (about
+                # 17 parameters a row) the driver must convert again for every batch.
+                stored = set(
+                    connection.execute(
+                        sa.select(messages.c.uid).where(
+                            messages.c.folder_id == changes.folder_id,
+                            messages.c.uidvalidity == changes.uidvalidity,
+                            messages.c.uid.between(min(rows), max(rows)),
+                        )
+                    ).scalars()
+                )
+                fresh = [row for uid, row in rows.items() if uid not in stored]
+                if fresh:
+                    # Polls of one mailbox never overlap, so nothing else inserts these rows;
+                    # DO NOTHING keeps a replay safe all the same.
+                    stmt = self._insert(messages).on_conflict_do_nothing(
                         index_elements=[
                             messages.c.folder_id,
                             messages.c.uidvalidity,
                             messages.c.uid,
                         ]
                     )
-                    .returning(messages.c.uid)
-                )
-                inserted = set(connection.execute(stmt, list(rows.values())).scalars())
-                new = len(inserted)
-                replayed = {uid: row["flags"] for uid, row in rows.items() if uid not in inserted}
+                    connection.execute(stmt, fresh)
+                    new = len(fresh)
+                replayed = {uid: row["flags"] for uid, row in rows.items() if uid in stored}
                 updated += _refresh_flags(connection, changes, replayed, now, revive=True)
             if changes.flag_updates:
                 wanted = {uid: _flag_list(flags) for uid, flags in changes.flag_updates}
