@@ -76,6 +76,8 @@ class PollScheduler:
         self._active: Counter[str] = Counter()
         self._waiting: defaultdict[str, deque[MailboxRuntime]] = defaultdict(deque)
         self._token_parked: defaultdict[str, set[str]] = defaultdict(set)
+        self._wakes: Counter[str] = Counter()
+        """Per tenant: how often a token came back (a poll failing meanwhile is not parked)."""
         self._scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=max_concurrent)},
             # Two instances: the job re-arms itself (same id) just before it returns, and a poll
@@ -182,10 +184,11 @@ class PollScheduler:
         try:
             started = self._clock()
             self._metrics.schedule_delay(max(0.0, started - runtime.due))
+            wakes = self._wakes[tenant]
             try:
                 self._poll(runtime.settings)
             except Exception as exc:  # noqa: BLE001 - every failure is classified and retried
-                self._failed(runtime, exc)
+                self._failed(runtime, exc, woken=self._wakes[tenant] != wakes)
             else:
                 self._succeeded(runtime)
         finally:
@@ -206,6 +209,7 @@ class PollScheduler:
         Spread over up to 2 s so the IMAP server is not hit by every mailbox at once.
         """
         with self._lock:
+            self._wakes[tenant] += 1
             parked = [
                 runtime
                 for runtime in map(self._runtime.__getitem__, self._token_parked.pop(tenant, ()))
@@ -236,7 +240,7 @@ class PollScheduler:
         due = runtime.due + next_interval(interval, self._rng)
         runtime.due = max(due, now)
 
-    def _failed(self, runtime: MailboxRuntime, exc: Exception) -> None:
+    def _failed(self, runtime: MailboxRuntime, exc: Exception, *, woken: bool = False) -> None:
         now = self._clock()
         fields = error_fields(exc)
         reason = fields["reason"]
@@ -253,11 +257,16 @@ class PollScheduler:
             delay = backoff_delay(
                 interval, runtime.failures, self._rng, retry_after=getattr(exc, "retry_after", None)
             )
-        runtime.due = now + delay
         if reason == "token":
-            # Woken by wake_tenant() as soon as the tenant has a token again.
-            with self._lock:
-                self._token_parked[runtime.settings.tenant].add(runtime.settings.address)
+            if woken:
+                # The token came back while this poll was failing: do not wait for a wake-up
+                # that has already happened.
+                delay = self._rng.uniform(0, min(interval, 2.0))
+            else:
+                # Woken by wake_tenant() as soon as the tenant has a token again.
+                with self._lock:
+                    self._token_parked[runtime.settings.tenant].add(runtime.settings.address)
+        runtime.due = now + delay
         key = (type(exc).__name__, str(exc))
         # The same failure again is worth a debug line, not another warning.
         log = self._log.warning if key != runtime.last_failure_key else self._log.debug

@@ -109,7 +109,11 @@ class _TenantState:
     retry_after: float | None = None
     """The platform's Retry-After of the last answer (429, 503), in seconds."""
     throttled_until: float = 0.0
-    """No request before this time (epoch s): MSAL would only replay the throttled answer."""
+    """No request before this time (epoch s): the platform's Retry-After."""
+    http_cache: dict[str, Any] = field(default_factory=dict)
+    """MSAL's HTTP cache, owned here and emptied before every request: MSAL would otherwise
+    replay a 5xx/429 answer for seconds and a 400 for a minute without asking again, while
+    the refresher already decides when to retry."""
 
 
 class MsalTokenClient:
@@ -205,6 +209,7 @@ class MsalTokenClient:
                 authority=tenant.authority,
                 instance_discovery=host in MICROSOFT_AUTHORITY_HOSTS,
                 http_client=self._session(state),
+                http_cache=state.http_cache,
                 timeout=HTTP_TIMEOUT,
             )
         except ValueError as exc:
@@ -231,6 +236,7 @@ class MsalTokenClient:
         try:
             app = self._app(state)
             app.remove_tokens_for_client()
+            state.http_cache.clear()
             started = self._clock()
             result = app.acquire_token_for_client(scopes=[tenant.scope])
         except (TokenUnavailable, TokenRejected):

@@ -203,6 +203,11 @@ class TokenRefresher:
         delay = base * self._rng.uniform(0.5, 1.0)
         if retry_after is not None:
             delay = max(delay, retry_after)
+        if valid and state.token is not None and retry_after is None:
+            # Never let the next try fall after the token stops being usable: polls would
+            # fail for lack of a token although the platform may long be back. (A Retry-After
+            # still wins: the platform said when it will answer.)
+            delay = min(delay, max(0.0, usable_until(state.token) - now))
         state.next_attempt = now + delay
         fields: dict[str, Any] = {
             "tenant": state.name,

@@ -195,3 +195,18 @@ def test_one_request_in_flight_however_many_polls_wait(world) -> None:
         thread.join(5)
     assert source.calls == 1
     assert len({id(r) for r in results}) == 1
+
+
+def test_a_retry_never_falls_after_the_token_stops_being_usable(world) -> None:
+    clock, source, _, refresher = world
+    token = refresher.token("contoso")
+    clock.now += 40
+    source.failures = [TokenUnavailable("503")] * 12
+    usable = token.expires_at - 6  # handed out until 10% of its life before expiry
+    while clock.now < usable:
+        refresher.refresh_due()
+        wait = refresher.refresh_due()
+        assert clock.now + wait <= usable
+        clock.now += wait
+    # The last try came exactly as the token ran out, not minutes after.
+    assert clock.now == pytest.approx(usable)
