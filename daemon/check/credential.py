@@ -204,7 +204,7 @@ def _check_certificate(tenant: Tenant, key: str, now: float) -> CredentialResult
             pem_key,
             "the file holds no PEM private key",
             thumbprint,
-            "put the unencrypted PEM key (-----BEGIN PRIVATE KEY-----) there",
+            "put the unencrypted PEM (PKCS#8 or PKCS#1) private key there",
         )
     spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     if private.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
