@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 from localenv.env import EnvInfo
 from localenv.imap import FixtureImap
 from localenv.seed import realistic_messages
-from support.daemon import DaemonProcess, MailboxSpec, free_port, wait_for
+from support.daemon import DaemonProcess, MailboxSpec, free_port, tenant_entry, wait_for
 from support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.slow
@@ -33,26 +33,6 @@ POLL_FIELDS = {
     "deleted",
     "outcome",
 }
-
-
-def _tenant(
-    info: EnvInfo,
-    name: str,
-    *,
-    like: str,
-    secret_file: str | None = None,
-    imap_port: int | None = None,
-) -> dict[str, Any]:
-    """A tenant entry of the config with ``like``'s identity, optionally broken."""
-    t = info.tenant(like)
-    return {
-        "name": name,
-        "tenant_id": t.tenant_id,
-        "client_id": t.client_id,
-        "credential": {"client_secret_file": secret_file or t.secret_file},
-        "authority_host": info.authority_host,
-        "imap": {"host": info.imap_host, "port": imap_port or info.imap_port},
-    }
 
 
 def _readyz(daemon: DaemonProcess) -> tuple[int, list[str]]:
@@ -168,9 +148,11 @@ def test_every_log_line_of_a_run_with_sync_failure_and_sigterm_is_json_with_leve
         level="debug",
         extra={
             "tenants": [
-                _tenant(env_info, "contoso", like="contoso"),
-                _tenant(env_info, "wrongsecret", like="fabrikam", secret_file=str(wrong_secret)),
-                _tenant(env_info, "closedport", like="contoso", imap_port=free_port()),
+                tenant_entry(env_info, "contoso", like="contoso"),
+                tenant_entry(
+                    env_info, "wrongsecret", like="fabrikam", secret_file=str(wrong_secret)
+                ),
+                tenant_entry(env_info, "closedport", like="contoso", imap_port=free_port()),
             ]
         },
     )
@@ -272,7 +254,9 @@ def test_token_failure_lines_lose_none_of_their_own_fields_to_redaction(
         mailboxes=[MailboxSpec(new_mailbox("fabrikam.test"), tenant="wrongsecret")],
         extra={
             "tenants": [
-                _tenant(env_info, "wrongsecret", like="fabrikam", secret_file=str(wrong_secret))
+                tenant_entry(
+                    env_info, "wrongsecret", like="fabrikam", secret_file=str(wrong_secret)
+                )
             ]
         },
     )

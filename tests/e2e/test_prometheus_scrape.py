@@ -37,7 +37,14 @@ import daemon
 from localenv.env import EnvInfo, LocalEnv
 from localenv.imap import FixtureImap
 from localenv.seed import realistic_messages
-from support.daemon import DaemonProcess, MailboxSpec, free_port, make_config, wait_for
+from support.daemon import (
+    DaemonProcess,
+    MailboxSpec,
+    free_port,
+    make_config,
+    tenant_entry,
+    wait_for,
+)
 
 # One worker runs the whole module under xdist, so the module's scenario is built once.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("prometheus-scrape")]
@@ -168,26 +175,6 @@ class Scenario:
         return self.prometheus.value(f"sum({expr})")
 
 
-def _tenant(
-    info: EnvInfo,
-    name: str,
-    *,
-    like: str,
-    secret_file: str | None = None,
-    imap_port: int | None = None,
-) -> dict[str, Any]:
-    """A tenant entry of the config with ``like``'s identity, optionally broken."""
-    t = info.tenant(like)
-    return {
-        "name": name,
-        "tenant_id": t.tenant_id,
-        "client_id": t.client_id,
-        "credential": {"client_secret_file": secret_file or t.secret_file},
-        "authority_host": info.authority_host,
-        "imap": {"host": info.imap_host, "port": imap_port or info.imap_port},
-    }
-
-
 def _start_daemon(workdir: Path, config: dict[str, Any], port: int) -> DaemonProcess:
     path = workdir / "mailsyncd.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -236,10 +223,10 @@ def scenario(local_env: LocalEnv, tmp_path_factory: pytest.TempPathFactory) -> I
         http_port=port,
         extra={
             "tenants": [
-                _tenant(info, "contoso", like="contoso"),
-                _tenant(info, "fabrikam", like="fabrikam"),
-                _tenant(info, "wrongsecret", like="fabrikam", secret_file=str(wrong_secret)),
-                _tenant(info, "closedport", like="contoso", imap_port=free_port()),
+                tenant_entry(info, "contoso", like="contoso"),
+                tenant_entry(info, "fabrikam", like="fabrikam"),
+                tenant_entry(info, "wrongsecret", like="fabrikam", secret_file=str(wrong_secret)),
+                tenant_entry(info, "closedport", like="contoso", imap_port=free_port()),
             ]
         },
     )
@@ -548,9 +535,9 @@ def test_exported_series_are_the_same_for_500_mailboxes_as_for_5(
     wrong_secret = tmp_path / "wrong-secret"
     wrong_secret.write_text("a-secret-this-app-never-had-0123456789\n")
     tenants = [
-        _tenant(env_info, "contoso", like="contoso"),
-        _tenant(env_info, "fabrikam", like="fabrikam"),
-        _tenant(env_info, "wrongsecret", like="fabrikam", secret_file=str(wrong_secret)),
+        tenant_entry(env_info, "contoso", like="contoso"),
+        tenant_entry(env_info, "fabrikam", like="fabrikam"),
+        tenant_entry(env_info, "wrongsecret", like="fabrikam", secret_file=str(wrong_secret)),
     ]
     names = [t["name"] for t in tenants]
     run = uuid.uuid4().hex[:10]

@@ -52,6 +52,26 @@ class MailboxSpec:
     folders: Sequence[str] = ("INBOX",)
 
 
+def tenant_entry(
+    info: EnvInfo,
+    name: str,
+    *,
+    like: str,
+    secret_file: str | None = None,
+    imap_port: int | None = None,
+) -> dict[str, Any]:
+    """A tenant entry of the config with ``like``'s identity, optionally broken."""
+    t = info.tenant(like)
+    return {
+        "name": name,
+        "tenant_id": t.tenant_id,
+        "client_id": t.client_id,
+        "credential": {"client_secret_file": secret_file or t.secret_file},
+        "authority_host": info.authority_host,
+        "imap": {"host": info.imap_host, "port": imap_port or info.imap_port},
+    }
+
+
 def make_config(
     info: EnvInfo,
     *,
@@ -69,17 +89,7 @@ def make_config(
         "tls": {"ca_file": info.ca_file},
         "logging": {"level": level, "format": "json"},
         "defaults": {"poll_interval": poll_interval, "full_scan_interval": full_scan_interval},
-        "tenants": [
-            {
-                "name": t.name,
-                "tenant_id": t.tenant_id,
-                "client_id": t.client_id,
-                "credential": {"client_secret_file": t.secret_file},
-                "authority_host": info.authority_host,
-                "imap": {"host": info.imap_host, "port": info.imap_port},
-            }
-            for t in info.tenants
-        ],
+        "tenants": [tenant_entry(info, t.name, like=t.name) for t in info.tenants],
         "mailboxes": [
             {"address": m.address, "tenant": m.tenant, "folders": list(m.folders)}
             for m in mailboxes
