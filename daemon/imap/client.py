@@ -42,6 +42,7 @@ from daemon.errors import (
     TlsVerifyError,
     TokenExpiredOnServer,
 )
+from daemon.imap.fetch_parser import parse_fetch
 from daemon.imap.parse import FETCH_ITEMS, parse_message
 from daemon.sync.algorithm import ServerFolder
 from daemon.sync.model import Flags, MessageRecord, normalize_flags
@@ -237,7 +238,11 @@ class ImapMailbox:
                 raise imaplib.IMAP4.error(f"UID FETCH returned {typ}: {_response_text(data)}")
             # Keyed by sequence number, so that an unsolicited FETCH without UID (a flag
             # change the server reports on its own) cannot pass for the message of that UID.
-            parsed = parse_fetch_response(data, normalise_times=False, uid_is_key=False)
+            try:
+                parsed = parse_fetch(data)
+            except ValueError:
+                # Something the fast parser does not know: imapclient's general parser.
+                parsed = parse_fetch_response(data, normalise_times=False, uid_is_key=False)
         out: dict[int, dict[bytes, Any]] = {}
         for entry in parsed.values():
             uid = entry.get(b"UID")
