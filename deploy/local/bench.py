@@ -17,7 +17,6 @@ import os
 import platform
 import re
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from daemon.config import parse_duration
 from daemon.imap.parse import FETCH_ITEMS
 from daemon.scheduler import FIRST_POLL_SPREAD_MAX
 from localenv.dovecot import MASTER_SEPARATOR, MASTER_USER
-from localenv.env import EnvInfo, LocalEnv, stop_pid
+from localenv.env import EnvInfo, LocalEnv, free_port, stop_pid
 from localenv.imap import FixtureImap
 from localenv.seed import KB, realistic_messages
 
@@ -110,12 +109,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def write_config(info: EnvInfo, path: Path, db_url: str, mailboxes: list[str], args: Any) -> None:
     config = {
         "database": {"url": db_url},
@@ -124,17 +117,7 @@ def write_config(info: EnvInfo, path: Path, db_url: str, mailboxes: list[str], a
         "logging": {"level": "warning", "format": "json"},
         "defaults": {"poll_interval": args.poll_interval},
         "limits": {"fetch_batch_size": args.batch_size},
-        "tenants": [
-            {
-                "name": t.name,
-                "tenant_id": t.tenant_id,
-                "client_id": t.client_id,
-                "credential": {"client_secret_file": t.secret_file},
-                "authority_host": info.authority_host,
-                "imap": {"host": info.imap_host, "port": info.imap_port},
-            }
-            for t in info.tenants
-        ],
+        "tenants": [info.tenant_config(t.name) for t in info.tenants],
         "mailboxes": [{"address": m, "tenant": TENANT} for m in mailboxes],
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from localenv.env import EnvInfo
-from support.daemon import DaemonProcess, MailboxSpec, free_port, make_config
+from localenv.env import EnvInfo, free_port
+from support.daemon import DaemonProcess, MailboxSpec, make_config
 
 
 @pytest.fixture

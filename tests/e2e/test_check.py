@@ -25,8 +25,8 @@ import yaml
 
 from localenv import pki
 from localenv.client import IdpControl
-from localenv.env import EnvInfo
-from support.daemon import MAILSYNCD, MailboxSpec, free_port, make_config
+from localenv.env import EnvInfo, free_port
+from support.daemon import MAILSYNCD, MailboxSpec, make_config
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((REPO / "docs" / "check-output.schema.json").read_text())

@@ -19,8 +19,8 @@ from sqlalchemy.pool import NullPool
 
 from daemon import __version__
 from daemon.store.migrate import head_revision
-from localenv.env import EnvInfo
-from support.daemon import MAILSYNCD, MailboxSpec, free_port, make_config
+from localenv.env import EnvInfo, free_port
+from support.daemon import MAILSYNCD, MailboxSpec, make_config
 
 INLINE_SECRET = "Zq8~inline.SECRET.value-0123456789abcdef"
 UNSET_VARIABLE = "MAILSYNCD_TEST_SURELY_UNSET_DATABASE_URL"

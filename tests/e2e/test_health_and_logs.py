@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import make_url
 
-from localenv.env import EnvInfo
+from localenv.env import EnvInfo, free_port
 from localenv.imap import FixtureImap
 from localenv.seed import realistic_messages
-from support.daemon import DaemonProcess, MailboxSpec, free_port, tenant_entry, wait_for
+from support.daemon import DaemonProcess, MailboxSpec, wait_for
 from support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.slow
@@ -148,11 +148,11 @@ def test_every_log_line_of_a_run_with_sync_failure_and_sigterm_is_json_with_leve
         level="debug",
         extra={
             "tenants": [
-                tenant_entry(env_info, "contoso", like="contoso"),
-                tenant_entry(
-                    env_info, "wrongsecret", like="fabrikam", secret_file=str(wrong_secret)
+                env_info.tenant_config("contoso", like="contoso"),
+                env_info.tenant_config(
+                    "wrongsecret", like="fabrikam", secret_file=str(wrong_secret)
                 ),
-                tenant_entry(env_info, "closedport", like="contoso", imap_port=free_port()),
+                env_info.tenant_config("closedport", like="contoso", imap_port=free_port()),
             ]
         },
     )
@@ -254,8 +254,8 @@ def test_token_failure_lines_lose_none_of_their_own_fields_to_redaction(
         mailboxes=[MailboxSpec(new_mailbox("fabrikam.test"), tenant="wrongsecret")],
         extra={
             "tenants": [
-                tenant_entry(
-                    env_info, "wrongsecret", like="fabrikam", secret_file=str(wrong_secret)
+                env_info.tenant_config(
+                    "wrongsecret", like="fabrikam", secret_file=str(wrong_secret)
                 )
             ]
         },

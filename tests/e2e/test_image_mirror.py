@@ -30,10 +30,10 @@ import pytest
 import yaml
 
 from daemon import __version__
-from localenv.env import EnvInfo
+from localenv.env import EnvInfo, free_port
 from localenv.imap import FixtureImap
 from localenv.seed import realistic_messages
-from support.daemon import DaemonProcess, MailboxSpec, free_port, make_config, view_rows, wait_for
+from support.daemon import DaemonProcess, MailboxSpec, make_config, view_rows, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -34,17 +34,10 @@ import pytest
 import yaml
 
 import daemon
-from localenv.env import EnvInfo, LocalEnv
+from localenv.env import EnvInfo, LocalEnv, free_port
 from localenv.imap import FixtureImap
 from localenv.seed import realistic_messages
-from support.daemon import (
-    DaemonProcess,
-    MailboxSpec,
-    free_port,
-    make_config,
-    tenant_entry,
-    wait_for,
-)
+from support.daemon import DaemonProcess, MailboxSpec, make_config, wait_for
 
 # One worker runs the whole module under xdist, so the module's scenario is built once.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("prometheus-scrape")]
@@ -223,10 +216,10 @@ def scenario(local_env: LocalEnv, tmp_path_factory: pytest.TempPathFactory) -> I
         http_port=port,
         extra={
             "tenants": [
-                tenant_entry(info, "contoso", like="contoso"),
-                tenant_entry(info, "fabrikam", like="fabrikam"),
-                tenant_entry(info, "wrongsecret", like="fabrikam", secret_file=str(wrong_secret)),
-                tenant_entry(info, "closedport", like="contoso", imap_port=free_port()),
+                info.tenant_config("contoso", like="contoso"),
+                info.tenant_config("fabrikam", like="fabrikam"),
+                info.tenant_config("wrongsecret", like="fabrikam", secret_file=str(wrong_secret)),
+                info.tenant_config("closedport", like="contoso", imap_port=free_port()),
             ]
         },
     )
@@ -535,9 +528,9 @@ def test_exported_series_are_the_same_for_500_mailboxes_as_for_5(
     wrong_secret = tmp_path / "wrong-secret"
     wrong_secret.write_text("a-secret-this-app-never-had-0123456789\n")
     tenants = [
-        tenant_entry(env_info, "contoso", like="contoso"),
-        tenant_entry(env_info, "fabrikam", like="fabrikam"),
-        tenant_entry(env_info, "wrongsecret", like="fabrikam", secret_file=str(wrong_secret)),
+        env_info.tenant_config("contoso", like="contoso"),
+        env_info.tenant_config("fabrikam", like="fabrikam"),
+        env_info.tenant_config("wrongsecret", like="fabrikam", secret_file=str(wrong_secret)),
     ]
     names = [t["name"] for t in tenants]
     run = uuid.uuid4().hex[:10]

@@ -46,19 +46,6 @@ TENANTS = ("contoso", "fabrikam")
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def tenant_entry(info: EnvInfo, name: str, credential: dict[str, Any]) -> dict[str, Any]:
-    """A ``tenants[]`` entry of the config with the given credential."""
-    t = info.tenant(name)
-    return {
-        "name": name,
-        "tenant_id": t.tenant_id,
-        "client_id": t.client_id,
-        "credential": credential,
-        "authority_host": info.authority_host,
-        "imap": {"host": info.imap_host, "port": info.imap_port},
-    }
-
-
 def token_requests(
     idp: IdpControl,
     info: EnvInfo,
@@ -389,18 +376,17 @@ def test_certificate_and_federated_credentials_sync_and_a_wrong_certificate_give
         poll_interval="2s",
         extra={
             "tenants": [
-                tenant_entry(
-                    env_info,
+                env_info.tenant_config(
                     "contoso",
-                    {
+                    credential={
                         "certificate": {
                             "private_key_file": contoso.private_key_file,
                             "certificate_file": contoso.certificate_file,
                         }
                     },
                 ),
-                tenant_entry(
-                    env_info, "fabrikam", {"federated_token_file": fabrikam.federated_token_file}
+                env_info.tenant_config(
+                    "fabrikam", credential={"federated_token_file": fabrikam.federated_token_file}
                 ),
             ]
         },
@@ -417,10 +403,9 @@ def test_certificate_and_federated_credentials_sync_and_a_wrong_certificate_give
         poll_interval="2s",
         extra={
             "tenants": [
-                tenant_entry(
-                    env_info,
+                env_info.tenant_config(
                     "contoso",
-                    {
+                    credential={
                         "certificate": {
                             "private_key_file": str(key_file),
                             "certificate_file": str(cert_file),
@@ -497,7 +482,9 @@ def test_rotated_secret_file_is_picked_up_at_the_next_refresh_without_restart(
             level="debug",
             extra={
                 "tenants": [
-                    tenant_entry(env_info, "contoso", {"client_secret_file": str(secret_file)})
+                    env_info.tenant_config(
+                        "contoso", credential={"client_secret_file": str(secret_file)}
+                    )
                 ]
             },
         )
@@ -603,11 +590,12 @@ def test_debug_run_output_contains_no_token_secret_assertion_or_xoauth2_string(
         level="debug",
         extra={
             "tenants": [
-                tenant_entry(env_info, "contoso", {"client_secret_file": contoso.secret_file}),
-                tenant_entry(
-                    env_info,
+                env_info.tenant_config(
+                    "contoso", credential={"client_secret_file": contoso.secret_file}
+                ),
+                env_info.tenant_config(
                     "fabrikam",
-                    {
+                    credential={
                         "certificate": {
                             "private_key_file": fabrikam.private_key_file,
                             "certificate_file": fabrikam.certificate_file,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,12 +22,6 @@ from sqlalchemy.pool import NullPool
 from localenv.env import EnvInfo
 
 MAILSYNCD = str(Path(sys.executable).with_name("mailsyncd"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(
@@ -52,26 +45,6 @@ class MailboxSpec:
     folders: Sequence[str] = ("INBOX",)
 
 
-def tenant_entry(
-    info: EnvInfo,
-    name: str,
-    *,
-    like: str,
-    secret_file: str | None = None,
-    imap_port: int | None = None,
-) -> dict[str, Any]:
-    """A tenant entry of the config with ``like``'s identity, optionally broken."""
-    t = info.tenant(like)
-    return {
-        "name": name,
-        "tenant_id": t.tenant_id,
-        "client_id": t.client_id,
-        "credential": {"client_secret_file": secret_file or t.secret_file},
-        "authority_host": info.authority_host,
-        "imap": {"host": info.imap_host, "port": imap_port or info.imap_port},
-    }
-
-
 def make_config(
     info: EnvInfo,
     *,
@@ -89,7 +62,7 @@ def make_config(
         "tls": {"ca_file": info.ca_file},
         "logging": {"level": level, "format": "json"},
         "defaults": {"poll_interval": poll_interval, "full_scan_interval": full_scan_interval},
-        "tenants": [tenant_entry(info, t.name, like=t.name) for t in info.tenants],
+        "tenants": [info.tenant_config(t.name) for t in info.tenants],
         "mailboxes": [
             {"address": m.address, "tenant": m.tenant, "folders": list(m.folders)}
             for m in mailboxes

@@ -71,6 +71,28 @@ class EnvInfo:
     def authority_host(self) -> str:
         return f"https://127.0.0.1:{self.idp_port}"
 
+    def tenant_config(
+        self,
+        name: str,
+        *,
+        like: str | None = None,
+        secret_file: str | None = None,
+        credential: dict[str, Any] | None = None,
+        imap_port: int | None = None,
+    ) -> dict[str, Any]:
+        """A ``tenants[]`` entry of a mailsyncd config for tenant ``like`` (default ``name``),
+        named ``name``: its client secret file unless ``credential`` is given; optionally
+        broken on purpose (another secret file, another IMAP port)."""
+        t = self.tenant(like or name)
+        return {
+            "name": name,
+            "tenant_id": t.tenant_id,
+            "client_id": t.client_id,
+            "credential": credential or {"client_secret_file": secret_file or t.secret_file},
+            "authority_host": self.authority_host,
+            "imap": {"host": self.imap_host, "port": imap_port or self.imap_port},
+        }
+
     def tenant(self, name: str) -> TenantInfo:
         for tenant in self.tenants:
             if name in (tenant.name, tenant.tenant_id, tenant.domain):
@@ -78,7 +100,8 @@ class EnvInfo:
         raise KeyError(name)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -311,7 +334,7 @@ class LocalEnv:
             dir=str(root),
             ca_file=str(ca_file),
             imap_host="127.0.0.1",
-            imap_port=imap_port or _free_port(),
+            imap_port=imap_port or free_port(),
             idp_port=idp_port,
             fixture_password=secrets.token_urlsafe(16),
             signing_key_file=str(root / "idp" / "signing.key"),
