@@ -133,10 +133,6 @@ class TokenRefresher:
             state.next_attempt = 0.0
             self._wake.set()
 
-    def current_expiry(self, tenant: str) -> float | None:
-        token = self._tenants[tenant].token
-        return token.expires_at if token is not None else None
-
     # -- refreshing -----------------------------------------------------------------------
     def _due(self, state: _Tenant) -> float:
         if state.failures:

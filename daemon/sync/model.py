@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 Flags = tuple[str, ...]
 """IMAP flags of one message, sorted, without the session flag ``\\Recent``."""
@@ -35,12 +35,6 @@ class MessageRecord:
     received_at: dt.datetime
     size_bytes: int
     flags: Flags
-
-
-@dataclass(frozen=True, slots=True)
-class FolderKey:
-    mailbox: str
-    folder: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,4 +70,3 @@ class FolderChanges:
     flag_updates: tuple[tuple[int, Flags], ...] = ()
     expunged: tuple[int, ...] = ()
     checkpoint: Checkpoint | None = None
-    extra: dict[str, object] = field(default_factory=dict)
