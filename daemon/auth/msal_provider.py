@@ -14,7 +14,7 @@ import hashlib
 import ssl
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,25 +69,26 @@ def _aadsts_code(result: dict[str, Any]) -> int | None:
 
 
 def _first_aadsts_in_chain(exc: BaseException) -> int | None:
-    seen: BaseException | None = exc
-    while seen is not None:
+    for seen in _chain(exc):
         text = str(seen)
         marker = text.find("AADSTS")
         if marker >= 0:
             digits = "".join(ch for ch in text[marker + 6 : marker + 16] if ch.isdigit())
             if digits:
                 return int(digits)
-        seen = seen.__cause__ or seen.__context__
     return None
 
 
 def _network_in_chain(exc: BaseException) -> bool:
+    return any(isinstance(seen, requests.RequestException | OSError) for seen in _chain(exc))
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from or while handling."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, requests.RequestException | OSError):
-            return True
+        yield seen
         seen = seen.__cause__ or seen.__context__
-    return False
 
 
 def _fingerprint(credential: Any) -> str:
@@ -301,11 +302,8 @@ class MsalTokenClient:
         return TokenRejected(f"tenant {tenant.name}: {what} ({label})", code=code, hint=hint)
 
     def _tls_hint(self, exc: BaseException) -> str | None:
-        seen: BaseException | None = exc
-        while seen is not None:
-            if isinstance(seen, requests.exceptions.SSLError):
-                return "TLS verification of the identity platform failed: set tls.ca_file"
-            seen = seen.__cause__ or seen.__context__
+        if any(isinstance(seen, requests.exceptions.SSLError) for seen in _chain(exc)):
+            return "TLS verification of the identity platform failed: set tls.ca_file"
         return None
 
     def _observe(self, tenant: str, *, ok: bool, token: AccessToken | None = None) -> None:
