@@ -20,11 +20,12 @@ from socketserver import TCPServer
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-import structlog
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-_log = structlog.stdlib.get_logger(__name__)
+from daemon.logging import get_logger
+
+_log = get_logger(__name__)
 
 READINESS_FAILED: Final = "readiness check failed"
 _JSON: Final = "application/json"

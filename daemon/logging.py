@@ -26,7 +26,7 @@ import re
 import sys
 import threading
 from collections.abc import Mapping
-from typing import Any, Final, TextIO
+from typing import Final, Protocol, TextIO
 from urllib.parse import quote, quote_plus
 
 import structlog
@@ -268,7 +268,31 @@ def configure_logging(
     return redactor
 
 
-def get_logger(name: str | None = None, **initial: Any) -> structlog.stdlib.BoundLogger:
-    """A structlog logger bound to ``initial`` values, typed for mypy."""
+class Logger(Protocol):
+    """What mailsyncd's code calls on a logger: an event name and its fields as keywords.
+
+    ``get_logger`` returns one (a structlog ``BoundLogger`` behind a lazy proxy); tests may pass
+    any object with these methods.
+    """
+
+    def debug(self, event: str, **fields: object) -> None: ...
+
+    def info(self, event: str, **fields: object) -> None: ...
+
+    def warning(self, event: str, **fields: object) -> None: ...
+
+    def error(self, event: str, **fields: object) -> None: ...
+
+    def critical(self, event: str, **fields: object) -> None: ...
+
+    def exception(self, event: str, **fields: object) -> None:
+        """``error`` with the traceback of the exception being handled."""
+
+    def bind(self, **fields: object) -> Logger:
+        """A logger that adds ``fields`` to every event."""
+
+
+def get_logger(name: str | None = None, **initial: object) -> Logger:
+    """A structlog logger named ``name`` (the stdlib logger name), bound to ``initial``."""
     logger: structlog.stdlib.BoundLogger = structlog.stdlib.get_logger(name, **initial)
     return logger

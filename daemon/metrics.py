@@ -17,25 +17,13 @@ from typing import Final, Literal
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from daemon import __version__
+from daemon.errors import REASONS, Reason
 
 Outcome = Literal["success", "failure"]
-FailureReason = Literal[
-    "token", "auth", "connect", "timeout", "throttled", "protocol", "database", "other"
-]
 Change = Literal["new", "updated", "deleted"]
 MailboxState = Literal["ok", "backoff", "auth_failed", "disabled"]
 
 OUTCOMES: Final[tuple[Outcome, ...]] = ("success", "failure")
-FAILURE_REASONS: Final[tuple[FailureReason, ...]] = (
-    "token",
-    "auth",
-    "connect",
-    "timeout",
-    "throttled",
-    "protocol",
-    "database",
-    "other",
-)
 CHANGES: Final[tuple[Change, ...]] = ("new", "updated", "deleted")
 MAILBOX_STATES: Final[tuple[MailboxState, ...]] = ("ok", "backoff", "auth_failed", "disabled")
 
@@ -146,6 +134,12 @@ class Metrics:
             buckets=DB_WRITE_BUCKETS,
             registry=reg,
         )
+        self.imap_sessions_open = Gauge(
+            "mailsyncd_imap_sessions_open",
+            "IMAP sessions kept open between polls.",
+            ["tenant"],
+            registry=reg,
+        )
         self.build_info = Gauge(
             "mailsyncd_build_info",
             "Always 1; the version label says which build is running.",
@@ -181,13 +175,14 @@ class Metrics:
                 self.polls_total.labels(tenant, outcome)
                 self.token_requests_total.labels(tenant, outcome)
                 self.imap_logins_total.labels(tenant, outcome)
-            for reason in FAILURE_REASONS:
+            for reason in REASONS:
                 self.poll_failures_total.labels(tenant, reason)
             for change in CHANGES:
                 self.messages_synced_total.labels(tenant, change)
             self.poll_duration_seconds.labels(tenant)
             self.sync_lag_seconds.labels(tenant)
             self.token_expiry_timestamp_seconds.labels(tenant)
+            self.imap_sessions_open.labels(tenant)
             self.polls_in_flight.labels(tenant)
             self.mailboxes_configured.labels(tenant)
         for state in MAILBOX_STATES:
@@ -199,7 +194,7 @@ class Metrics:
         tenant: str,
         outcome: Outcome,
         duration: float,
-        reason: FailureReason | str | None = None,
+        reason: Reason | str | None = None,
     ) -> None:
         """Counts one mailbox poll; a failure also counts under ``reason`` (unknown: other)."""
         if outcome not in OUTCOMES:
@@ -207,7 +202,7 @@ class Metrics:
         self.polls_total.labels(tenant, outcome).inc()
         self.poll_duration_seconds.labels(tenant).observe(max(duration, 0.0))
         if outcome == "failure":
-            label = reason if reason in FAILURE_REASONS else "other"
+            label = reason if reason in REASONS else "other"
             self.poll_failures_total.labels(tenant, label).inc()
 
     @contextmanager
@@ -259,6 +254,12 @@ class Metrics:
     def imap_login(self, tenant: str, ok: bool) -> None:
         """Counts one IMAP XOAUTH2 authentication."""
         self.imap_logins_total.labels(tenant, "success" if ok else "failure").inc()
+
+    def set_sessions_open(self, tenant: str, count: int) -> None:
+        """Sets how many IMAP sessions of ``tenant`` are open between polls."""
+        if count < 0:
+            raise ValueError(f"negative session count {count}")
+        self.imap_sessions_open.labels(tenant).set(count)
 
     def db_write(self, seconds: float) -> None:
         """Records the duration of one write transaction."""

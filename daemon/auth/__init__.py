@@ -22,7 +22,7 @@ class AccessToken:
 
 
 class TokenProvider(Protocol):
-    """Gives the current token of a tenant; raises ``daemon.auth.errors`` exceptions."""
+    """Gives the current token of a tenant; raises the token errors of ``daemon.errors``."""
 
     def token(self, tenant: str) -> AccessToken: ...
 

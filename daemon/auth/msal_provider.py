@@ -25,9 +25,9 @@ from cryptography.hazmat.primitives import serialization
 from requests.adapters import HTTPAdapter
 
 from daemon.auth import AccessToken
-from daemon.auth.errors import TokenRejected, TokenUnavailable
 from daemon.auth.hints import PERMANENT_CODES, hint_for
-from daemon.config import SecretReadError, Tenant
+from daemon.config import Tenant
+from daemon.errors import SecretReadError, TokenRejected, TokenUnavailable
 from daemon.tls import make_ssl_context
 
 HTTP_TIMEOUT = 15.0

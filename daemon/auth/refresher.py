@@ -18,10 +18,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from daemon.auth import AccessToken
-from daemon.auth.errors import TokenRejected, TokenUnavailable
+from daemon.errors import TokenRejected, TokenUnavailable
+from daemon.logging import Logger
 
 REFRESH_FRACTION = 2 / 3
 RETRY_FIRST = 1.0
@@ -45,7 +46,7 @@ class _Tenant:
     token: AccessToken | None = None
     failures: int = 0
     next_attempt: float = 0.0
-    last_error: Exception | None = None
+    last_error: TokenUnavailable | TokenRejected | None = None
     logged_key: tuple[str, str] | None = None
 
 
@@ -63,7 +64,7 @@ class TokenRefresher:
         source: TokenSource,
         tenants: Sequence[str],
         *,
-        log: Any,
+        log: Logger,
         poll_intervals: Mapping[str, float] | None = None,
         refresh_fraction: float = REFRESH_FRACTION,
         clock: Callable[[], float] = time.time,
@@ -186,7 +187,9 @@ class TokenRefresher:
                 callback(state.name)
         return token
 
-    def _failed(self, state: _Tenant, exc: Exception, *, retry_after: float | None) -> None:
+    def _failed(
+        self, state: _Tenant, exc: TokenUnavailable | TokenRejected, *, retry_after: float | None
+    ) -> None:
         now = self._clock()
         state.failures += 1
         state.last_error = exc
@@ -205,7 +208,7 @@ class TokenRefresher:
             # still wins: the platform said when it will answer.)
             delay = min(delay, max(0.0, usable_until(state.token) - now))
         state.next_attempt = now + delay
-        fields: dict[str, Any] = {
+        fields: dict[str, object] = {
             "tenant": state.name,
             "reason": "token",
             "error": str(exc),
@@ -213,12 +216,10 @@ class TokenRefresher:
             "retry_in_s": round(delay, 1),
             "valid_for_s": round(usable_until(state.token) - now) if valid and state.token else 0,
         }
-        code = getattr(exc, "code", None)
-        if code:
-            fields["aadsts"] = code
-        hint = getattr(exc, "hint", None)
-        if hint:
-            fields["hint"] = hint
+        if isinstance(exc, TokenRejected) and exc.code:
+            fields["aadsts"] = exc.code
+        if exc.hint:
+            fields["hint"] = exc.hint
         key = (type(exc).__name__, str(exc))
         if key == state.logged_key:
             self._log.debug("token request failed", **fields)
@@ -236,6 +237,6 @@ class TokenRefresher:
             return TokenRejected(str(last), code=last.code, hint=last.hint)
         return TokenUnavailable(
             f"tenant {state.name}: no valid token; the last request failed ({last})",
-            hint=getattr(last, "hint", None),
+            hint=last.hint if last is not None else None,
             retry_after=max(0.0, state.next_attempt - now),
         )

@@ -21,7 +21,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from daemon.check.model import Finding
-from daemon.config import SecretReadError, Tenant
+from daemon.config import Tenant
+from daemon.errors import SecretReadError
 
 _GUID_RE = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 _SOON_DAYS = 30

@@ -16,7 +16,6 @@ from typing import Final
 
 import jwt
 
-from daemon.auth.errors import TokenRejected, TokenUnavailable
 from daemon.auth.hints import hint_for
 from daemon.check.model import Finding
 from daemon.config import Tenant
@@ -26,8 +25,11 @@ from daemon.errors import (
     ImapError,
     ImapTimeout,
     MailboxAccessDenied,
+    MailsyncError,
     Throttled,
     TokenExpiredOnServer,
+    TokenRejected,
+    TokenUnavailable,
 )
 
 IMAP_ROLE: Final = "IMAP.AccessAsApp"
@@ -292,7 +294,7 @@ def diagnose_session_error(error: ImapError, *, tenant: Tenant, what: str) -> Fi
 
 
 def diagnose_token_error(
-    error: Exception,
+    error: MailsyncError,
     *,
     tenant: Tenant,
     key: str,
@@ -300,7 +302,7 @@ def diagnose_token_error(
     secret_is_guid: bool = False,
 ) -> Finding:
     """Why no token came back: the AADSTS code, with the hint and an ``az`` command."""
-    hint = getattr(error, "hint", None)
+    hint = error.hint
     if not isinstance(error, TokenRejected) and hint and "TLS" in hint:
         trusted = f"tls.ca_file ({ca_file})" if ca_file else "the system CAs"
         return Finding.failed(

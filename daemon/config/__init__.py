@@ -4,7 +4,8 @@
 :class:`ConfigError` listing every problem with its key path (``mailboxes[3].tenant``), so an
 operator fixes a file in one round. Variables named by ``*_env`` keys are read when the file is
 loaded; secret files are checked then and read only when a secret is needed (they may rotate).
-Secret values never enter an error message or a repr.
+Secret values never enter an error message or a repr. :class:`SecretReadError` lives in
+``daemon.errors`` with every other error; it is re-exported here, where it is raised.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from daemon.config.fields import (
     ConfigError,
     ConfigIssue,
     MailboxSettings,
-    SecretReadError,
     format_errors,
     parse_duration,
 )
@@ -33,6 +33,7 @@ from daemon.config.model import (
     Tenant,
     TlsConfig,
 )
+from daemon.errors import SecretReadError
 
 __all__ = [
     "CONFIG_ENV_VAR",

@@ -17,7 +17,7 @@ from pydantic import (
     ValidationInfo,
 )
 
-from daemon.errors import PermanentError
+from daemon.errors import SecretReadError
 
 CONFIG_ENV_VAR = "MAILSYNCD_CONFIG"
 FILE_PATH = "(file)"  # the key path of problems with the file as a whole
@@ -60,19 +60,6 @@ class ConfigError(Exception):
     def __init__(self, errors: Iterable[ConfigIssue]) -> None:
         self.errors: list[ConfigIssue] = list(errors)
         super().__init__("\n".join(str(issue) for issue in self.errors))
-
-
-class SecretReadError(PermanentError):
-    """A secret file or variable could not be read (its content never appears here).
-
-    Permanent: a token cannot be requested until an operator fixes the file or variable.
-    """
-
-    reason = "token"
-
-    def __init__(self, key: str, message: str) -> None:
-        self.key = key
-        super().__init__(f"{key}: {message}")
 
 
 def format_errors(err: ConfigError) -> str:

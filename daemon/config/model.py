@@ -33,7 +33,6 @@ from daemon.config.fields import (
     PlainFile,
     Port,
     SecretFile,
-    SecretReadError,
     Token,
     _address,
     _context,
@@ -42,6 +41,7 @@ from daemon.config.fields import (
     _lower,
     _read,
 )
+from daemon.errors import SecretReadError
 
 # -- models ------------------------------------------------------------------------------------
 
@@ -162,11 +162,15 @@ class Defaults(_Model):
 
 
 class Limits(_Model):
-    """``limits``: concurrency bounds and the IMAP FETCH batch size."""
+    """``limits``: concurrency bounds, the IMAP FETCH batch size, IMAP sessions and timeouts."""
 
     max_concurrent_polls: Count = 32
     max_concurrent_polls_per_tenant: Count = 16
     fetch_batch_size: Count = 500
+    max_open_sessions: Count = 10000
+    """IMAP sessions kept open between polls; the least recently used is closed first."""
+    imap_timeout: Duration = 60.0
+    """Seconds any one IMAP command (and the connect) may take before it fails as a timeout."""
 
 
 class CertificateCredential(_RejectsInlineSecrets):

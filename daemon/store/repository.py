@@ -1,6 +1,8 @@
 """``SqlStore``: the store adapter over SQLAlchemy Core, for PostgreSQL and SQLite.
 
 Each method runs in its own connection and transaction, so one instance serves every thread.
+Every write transaction is timed, from taking a connection to its commit or rollback, and its
+seconds go to ``on_write`` (``Metrics.db_write``: ``mailsyncd_db_write_duration_seconds``).
 Text is cleaned here once more before it is written (defence in depth: the database must never
 be the reason a mailbox stalls).
 """
@@ -8,6 +10,7 @@ be the reason a mailbox stalls).
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, Row
 
+from daemon.errors import UnknownFolder
 from daemon.store.engine import SQLITE_BEGIN
 from daemon.store.models import folders, mailboxes, messages
 from daemon.store.translate import translate_errors
@@ -27,8 +31,6 @@ UTC = dt.UTC
 
 # Bound parameters per IN list; well under SQLite's and psycopg's limits.
 _CHUNK: Final = 500
-
-_FOLDER_ID_MISSING = "folder {} does not exist"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +45,10 @@ class ApplyResult:
 class SqlStore:
     """The store of mailboxes, folders with their checkpoints, and message rows."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, on_write: Callable[[float], None] | None = None) -> None:
+        """``on_write`` gets the seconds of every write transaction, committed or not."""
         self._engine = engine
+        self._on_write = on_write
         dialect = engine.dialect.name
         if dialect not in {"postgresql", "sqlite"}:
             raise ValueError(f"unsupported database dialect {dialect!r}")
@@ -64,11 +68,17 @@ class SqlStore:
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        with translate_errors(), self._engine.connect() as connection:
-            if connection.dialect.name == "sqlite":
-                connection.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
-            with connection.begin():
-                yield connection
+        started = time.perf_counter()
+        try:
+            with translate_errors(), self._engine.connect() as connection:
+                if connection.dialect.name == "sqlite":
+                    connection.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
+                with connection.begin():
+                    yield connection
+        finally:
+            # A failed write is timed too: a slow timeout is what the histogram must show.
+            if self._on_write is not None:
+                self._on_write(time.perf_counter() - started)
 
     def ping(self) -> None:
         """Run ``SELECT 1``; raise :class:`~daemon.errors.DatabaseError` if that fails."""
@@ -227,7 +237,7 @@ class SqlStore:
                 )
             ).rowcount
             if done != 1:
-                raise ValueError(_FOLDER_ID_MISSING.format(folder_id))
+                raise UnknownFolder(folder_id)
             return int(marked)
 
     def mark_folder_vanished(self, folder_id: int, now: dt.datetime) -> int:
@@ -240,7 +250,7 @@ class SqlStore:
                 .values(vanished_at=sa.func.coalesce(folders.c.vanished_at, now), updated_at=now)
             ).rowcount
             if done != 1:
-                raise ValueError(_FOLDER_ID_MISSING.format(folder_id))
+                raise UnknownFolder(folder_id)
             marked = connection.execute(
                 sa.update(messages)
                 .where(messages.c.folder_id == folder_id, messages.c.deleted_at.is_(None))
@@ -329,7 +339,7 @@ def _write_checkpoint(
         sa.update(folders).where(folders.c.id == folder_id).values(values)
     ).rowcount
     if done != 1:  # raising rolls the batch back with it
-        raise ValueError(_FOLDER_ID_MISSING.format(folder_id))
+        raise UnknownFolder(folder_id)
 
 
 def _message_row(

@@ -95,6 +95,7 @@ def test_metrics_serves_prometheus_text_with_the_spec_names(
         "mailsyncd_mailboxes",
         "mailsyncd_oldest_successful_poll_timestamp_seconds",
         "mailsyncd_db_write_duration_seconds_bucket",
+        "mailsyncd_imap_sessions_open",
     ):
         assert f"\n{name}" in text, name
     assert 'mailsyncd_build_info{version="9.9.9"} 1.0' in text

@@ -31,9 +31,9 @@ import pytest
 import yaml
 
 from daemon.auth import AccessToken
-from daemon.auth.errors import TokenRejected, TokenUnavailable
 from daemon.auth.msal_provider import MsalTokenClient
 from daemon.config import Tenant, config_from_mapping, load_config
+from daemon.errors import TokenRejected, TokenUnavailable
 from localenv import pki
 from localenv.client import IdpControl
 from localenv.env import EnvInfo, LocalEnv

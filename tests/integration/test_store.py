@@ -14,7 +14,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from daemon.errors import DatabaseError, DatabaseRejectedError, PermanentError, TransientError
+from daemon.errors import (
+    DatabaseError,
+    DatabaseRejectedError,
+    PermanentError,
+    TransientError,
+    UnknownFolder,
+)
 from daemon.store.engine import create_engine_for
 from daemon.store.migrate import migrate
 from daemon.store.models import messages
@@ -436,6 +442,77 @@ def test_ping_succeeds_on_a_live_database(store: SqlStore) -> None:
 def test_naive_now_is_refused(store: SqlStore, folder: FolderState) -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         store.apply(batch(folder), dt.datetime(2024, 1, 1))  # noqa: DTZ001
+
+
+def test_every_write_transaction_reports_a_positive_duration_to_on_write(
+    engine: sa.Engine,
+) -> None:
+    durations: list[float] = []
+    store = SqlStore(engine, on_write=durations.append)
+
+    mailbox_id = store.ensure_mailbox("timed@example.com", "contoso")
+    target = store.ensure_folder(mailbox_id, "INBOX")
+    store.apply(batch(target, new=(record(1),), checkpoint=Checkpoint(7, 1)), T1)
+    store.reset_folder(target.folder_id, 8, T1)
+    store.mark_folder_vanished(target.folder_id, T2)
+
+    assert len(durations) == 5
+    assert all(seconds > 0 for seconds in durations)
+
+
+def test_reads_do_not_report_to_on_write(engine: sa.Engine) -> None:
+    durations: list[float] = []
+    writer = SqlStore(engine)
+    mailbox_id = writer.ensure_mailbox("read@example.com", "contoso")
+    target = writer.ensure_folder(mailbox_id, "INBOX")
+    writer.apply(batch(target, new=(record(1),), checkpoint=Checkpoint(7, 1)), T1)
+    store = SqlStore(engine, on_write=durations.append)
+
+    store.ping()
+    assert store.folder_states(mailbox_id)
+    assert store.stored_flags(target.folder_id, 7) == {1: ("\\Seen",)}
+
+    assert durations == []
+
+
+def test_a_write_that_fails_is_timed_too(engine: sa.Engine) -> None:
+    durations: list[float] = []
+    store = SqlStore(engine, on_write=durations.append)
+    target = store.ensure_folder(store.ensure_mailbox("fail@example.com", "contoso"), "INBOX")
+    durations.clear()
+
+    with pytest.raises(DatabaseRejectedError):
+        store.apply(batch(target, new=(record(1, received_at=None),)), T1)
+
+    assert len(durations) == 1
+    assert durations[0] > 0
+
+
+def test_an_unknown_folder_id_is_a_permanent_database_error_that_writes_nothing(
+    store: SqlStore, folder: FolderState
+) -> None:
+    store.apply(batch(folder, new=(record(1),), checkpoint=Checkpoint(7, 1)), T1)
+    missing = folder.folder_id + 1000
+    calls: list[Callable[[], object]] = [
+        lambda: store.reset_folder(missing, 8, T2),
+        lambda: store.mark_folder_vanished(missing, T2),
+        lambda: store.apply(
+            FolderChanges(folder_id=missing, uidvalidity=7, checkpoint=Checkpoint(7, 9)),
+            T2,
+        ),
+    ]
+
+    for call in calls:
+        with pytest.raises(UnknownFolder) as raised:
+            call()
+        assert isinstance(raised.value, PermanentError)
+        assert raised.value.reason == "database"
+        assert raised.value.folder_id == missing
+        assert str(missing) in str(raised.value)
+
+    current = state(store, folder)
+    assert (current.uidvalidity, current.last_uid, current.vanished_at) == (7, 1, None)
+    assert [(row.uid, row.deleted_at) for row in rows(store.engine, folder)] == [(1, None)]
 
 
 def test_concurrent_applies_from_many_threads_all_commit(store: SqlStore) -> None:

@@ -14,7 +14,6 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from daemon.auth.errors import TokenRejected, TokenUnavailable
 from daemon.auth.hints import hint_for
 from daemon.check import diagnose
 from daemon.check.credential import check_credential
@@ -27,6 +26,8 @@ from daemon.errors import (
     MailboxAccessDenied,
     Throttled,
     TokenExpiredOnServer,
+    TokenRejected,
+    TokenUnavailable,
 )
 from localenv import pki
 

@@ -223,11 +223,24 @@ def test_omitted_sections_take_the_spec_defaults(secrets_dir: Path) -> None:
     limits = config.limits
     assert (limits.max_concurrent_polls, limits.max_concurrent_polls_per_tenant) == (32, 16)
     assert limits.fetch_batch_size == 500
+    assert (limits.max_open_sessions, limits.imap_timeout) == (10000, 60.0)
     tenant = config.tenants[0]
     assert tenant.authority_host == "https://login.microsoftonline.com"
     assert tenant.scope == "https://outlook.office365.com/.default"
     assert config.tenants[1].credential.certificate is not None
     assert config.tenants[1].credential.certificate.send_certificate_chain is False
+
+
+@pytest.mark.parametrize(("written", "seconds"), [(90, 90.0), ("45s", 45.0), ("2m", 120.0)])
+def test_imap_timeout_is_a_duration_and_open_sessions_a_count(
+    secrets_dir: Path, written: object, seconds: float
+) -> None:
+    doc = valid_document(secrets_dir)
+    doc["limits"] = {"imap_timeout": written, "max_open_sessions": 250}
+
+    limits = config_from_mapping(doc, environ={}).limits
+
+    assert (limits.imap_timeout, limits.max_open_sessions) == (seconds, 250)
 
 
 def test_example_file_loads_once_its_secret_paths_exist(
@@ -407,6 +420,19 @@ BROKEN = [
         [put("limits", {"max_concurrent_polls": 0})],
         ["limits.max_concurrent_polls"],
         id="zero-concurrency",
+    ),
+    pytest.param(
+        [put("limits", {"max_open_sessions": 0})],
+        ["limits.max_open_sessions"],
+        id="zero-open-sessions",
+    ),
+    pytest.param(
+        [put("limits", {"imap_timeout": 0})], ["limits.imap_timeout"], id="zero-imap-timeout"
+    ),
+    pytest.param(
+        [put("limits", {"imap_timeout": "-5s"})],
+        ["limits.imap_timeout"],
+        id="negative-imap-timeout",
     ),
     pytest.param([put("defaults", {"folders": []})], ["defaults.folders"], id="no-folders"),
     pytest.param(

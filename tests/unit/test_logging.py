@@ -13,7 +13,14 @@ from typing import Any
 import pytest
 import structlog
 
-from daemon.logging import NOISY_LOGGERS, REDACTED, SecretRegistry, configure_logging
+from daemon.logging import (
+    NOISY_LOGGERS,
+    REDACTED,
+    Logger,
+    SecretRegistry,
+    configure_logging,
+    get_logger,
+)
 
 JWT = (
     "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9"
@@ -95,6 +102,26 @@ def test_every_line_is_json_with_level_utc_timestamp_and_event(
         assert stamp.utcoffset() == timedelta(0)
         assert abs(datetime.now(UTC) - stamp) < timedelta(minutes=1)
     assert records[2]["logger"] == "alembic.runtime.migration"
+
+
+def test_get_logger_names_the_logger_and_keeps_initial_and_bound_fields(
+    configure: Callable[..., Output],
+) -> None:
+    out = configure()
+    log: Logger = get_logger("daemon.runtime", replica="r1")
+
+    log.bind(tenant="contoso").info("poll", mailbox="a@contoso.com")
+    log.error("stopped")
+
+    first, second = out.records()
+    assert (first["event"], first["logger"], first["level"]) == ("poll", "daemon.runtime", "info")
+    assert (first["replica"], first["tenant"], first["mailbox"]) == (
+        "r1",
+        "contoso",
+        "a@contoso.com",
+    )
+    assert (second["event"], second["replica"], second["level"]) == ("stopped", "r1", "error")
+    assert "tenant" not in second
 
 
 def test_level_filters_structlog_and_noisy_libraries_until_debug(

@@ -10,7 +10,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
-from daemon.metrics import CHANGES, FAILURE_REASONS, MAILBOX_STATES, OUTCOMES, Metrics
+from daemon.errors import REASONS
+from daemon.metrics import CHANGES, MAILBOX_STATES, OUTCOMES, Metrics
 
 TENANTS = ("contoso", "fabrikam")
 
@@ -29,6 +30,7 @@ SPEC_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "mailsyncd_oldest_successful_poll_timestamp_seconds": ("gauge", ()),
     "mailsyncd_db_write_duration_seconds": ("histogram", ()),
     "mailsyncd_build_info": ("gauge", ("version",)),
+    "mailsyncd_imap_sessions_open": ("gauge", ("tenant",)),
 }
 EXTRA_GAUGES = (
     "mailsyncd_polls_in_flight",
@@ -102,7 +104,7 @@ def test_every_known_label_combination_starts_at_zero_for_each_tenant(
                 "mailsyncd_imap_logins_total",
             ):
                 assert _value(registry, name, tenant=tenant, outcome=outcome) == 0.0
-        for reason in FAILURE_REASONS:
+        for reason in REASONS:
             assert (
                 _value(registry, "mailsyncd_poll_failures_total", tenant=tenant, reason=reason)
                 == 0.0
@@ -116,6 +118,7 @@ def test_every_known_label_combination_starts_at_zero_for_each_tenant(
             assert _value(registry, f"{histogram}_count", tenant=tenant) == 0.0
             assert _value(registry, f"{histogram}_sum", tenant=tenant) == 0.0
         assert _value(registry, "mailsyncd_token_expiry_timestamp_seconds", tenant=tenant) == 0.0
+        assert _value(registry, "mailsyncd_imap_sessions_open", tenant=tenant) == 0.0
     for state in MAILBOX_STATES:
         assert _value(registry, "mailsyncd_mailboxes", state=state) == 0.0
     assert _value(registry, "mailsyncd_schedule_delay_seconds_count") == 0.0
@@ -126,7 +129,7 @@ def test_every_known_label_combination_starts_at_zero_for_each_tenant(
 
 def test_label_vocabularies_are_the_spec_ones() -> None:
     assert set(OUTCOMES) == {"success", "failure"}
-    assert set(FAILURE_REASONS) == {
+    assert REASONS == (
         "token",
         "auth",
         "connect",
@@ -135,7 +138,7 @@ def test_label_vocabularies_are_the_spec_ones() -> None:
         "protocol",
         "database",
         "other",
-    }
+    )
     assert set(CHANGES) == {"new", "updated", "deleted"}
     assert set(MAILBOX_STATES) == {"ok", "backoff", "auth_failed", "disabled"}
 
@@ -189,6 +192,35 @@ def test_no_metric_has_a_mailbox_or_folder_label_and_there_is_no_mailbox_paramet
             assert not {"mailbox", "folder", "address", "user"} & set(sample.labels)
 
 
+def test_poll_failure_reason_labels_are_exactly_the_error_reasons(
+    make_metrics: Callable[..., tuple[Metrics, CollectorRegistry]],
+) -> None:
+    _, registry = make_metrics(tenants=("contoso",))
+
+    family = _families(registry)["mailsyncd_poll_failures_total"]
+    labels = [s.labels["reason"] for s in family.samples if s.name.endswith("_total")]
+
+    assert sorted(labels) == sorted(REASONS)
+
+
+def test_sessions_open_is_set_per_tenant_and_rejects_a_negative_count(
+    make_metrics: Callable[..., tuple[Metrics, CollectorRegistry]],
+) -> None:
+    metrics, registry = make_metrics()
+
+    metrics.set_sessions_open("contoso", 120)
+    metrics.set_sessions_open("contoso", 95)
+    metrics.set_sessions_open("fabrikam", 3)
+
+    def sessions(tenant: str) -> float | None:
+        return _value(registry, "mailsyncd_imap_sessions_open", tenant=tenant)
+
+    assert (sessions("contoso"), sessions("fabrikam")) == (95.0, 3.0)
+    with pytest.raises(ValueError, match="negative"):
+        metrics.set_sessions_open("contoso", -1)
+    assert sessions("contoso") == 95.0
+
+
 def test_series_count_does_not_grow_with_the_number_of_mailboxes_polled(
     make_metrics: Callable[..., tuple[Metrics, CollectorRegistry]],
 ) -> None:
@@ -199,7 +231,7 @@ def test_series_count_does_not_grow_with_the_number_of_mailboxes_polled(
         tenant = TENANTS[mailbox % 2]
         with metrics.track_poll(tenant):
             metrics.poll_finished(tenant, "success", 0.05)
-        metrics.poll_finished(tenant, "failure", 1.0, reason=FAILURE_REASONS[mailbox % 8])
+        metrics.poll_finished(tenant, "failure", 1.0, reason=REASONS[mailbox % 8])
         metrics.imap_login(tenant, ok=mailbox % 3 != 0)
         metrics.messages_synced(tenant, new=1, updated=2, deleted=3)
         metrics.observe_sync_lag(tenant, 4.0)

@@ -10,8 +10,8 @@ from collections.abc import Callable
 import pytest
 
 from daemon.auth import AccessToken
-from daemon.auth.errors import TokenRejected, TokenUnavailable
 from daemon.auth.refresher import TokenRefresher
+from daemon.errors import TokenRejected, TokenUnavailable
 
 
 class Clock:
