@@ -423,7 +423,7 @@ class LocalEnv:
             ],
         )
         conf = self.root / "dovecot" / "dovecot.conf"
-        self._spawn("dovecot", [dovecot.dovecot_binary(), "-F", "-c", str(conf)])
+        self._spawn("dovecot", dovecot.command(conf))
         while not port_file.exists():
             if idp.poll() is not None:
                 raise RuntimeError(f"identity platform exited; see {self.root / 'idp.out'}")
