@@ -1,12 +1,13 @@
 """The composition root: builds every part from the validated config and owns its lifecycle.
 
 Shutdown is a bounded sequence: stop scheduling, let in-flight batches commit (the sync engine
-checks the stop flag between batches), stop the HTTP server, close the database pool.
-Signal handlers only set the stop event.
+checks the stop flag between batches), log the open IMAP sessions out, stop the HTTP server,
+close the database pool. Signal handlers only set the stop event.
 """
 
 from __future__ import annotations
 
+import random
 import signal
 import sys
 import threading
@@ -14,23 +15,26 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 from sqlalchemy.engine import Engine
 
 from daemon import __version__
 from daemon.auth import AccessToken
 from daemon.auth.msal_provider import MsalTokenClient
 from daemon.auth.refresher import TokenRefresher
-from daemon.config import Config, Tenant
+from daemon.config import Config
 from daemon.errors import MailsyncError
 from daemon.http import HealthServer
 from daemon.imap.client import ImapMailbox
-from daemon.logging import SecretRegistry, configure_logging, get_logger
+from daemon.imap.pool import SessionPool
+from daemon.logging import Logger, SecretRegistry, configure_logging, get_logger
 from daemon.metrics import Metrics
-from daemon.poller import Poller, Session
-from daemon.scheduler import PollScheduler
+from daemon.ports import Session
+from daemon.runtime.limiter import TenantLimiter
+from daemon.runtime.supervisor import Runtime
+from daemon.runtime.timer import ApschedulerTimer
+from daemon.runtime.worker import MailboxWorker
 from daemon.store.engine import create_engine_for
 from daemon.store.migrate import is_at_head
 from daemon.store.migrate import migrate as run_migrations
@@ -38,11 +42,11 @@ from daemon.store.repository import SqlStore
 from daemon.tls import make_ssl_context
 
 SHUTDOWN_POLLS_TIMEOUT = 7.0
+SHUTDOWN_SESSIONS_TIMEOUT = 3.0
 MIGRATION_WAIT = 60.0
-IMAP_TIMEOUT = 60.0
 
 
-def configure_from(config: Config) -> Any:
+def configure_from(config: Config) -> Logger:
     """Configure logging from the config, registering every secret it can read for scrubbing."""
     secrets = SecretRegistry()
     for tenant in config.tenants:
@@ -55,7 +59,7 @@ def configure_from(config: Config) -> Any:
     return get_logger("mailsyncd")
 
 
-def migrate_database(config: Config, log: Any, *, wait: float = MIGRATION_WAIT) -> bool:
+def migrate_database(config: Config, log: Logger, *, wait: float = MIGRATION_WAIT) -> bool:
     """Migrate under the database lock, retrying an unreachable database for ``wait`` s."""
     engine = create_engine_for(config.database_url)
     deadline = time.monotonic() + wait
@@ -113,14 +117,15 @@ class _Parts:
     metrics: Metrics
     registry: CollectorRegistry
     tokens: TokenRefresher
-    scheduler: PollScheduler
+    sessions: SessionPool
+    runtime: Runtime
     http: HealthServer
 
 
 class Daemon:
     """``mailsyncd run``."""
 
-    def __init__(self, config: Config, log: Any, *, migrate: bool = True) -> None:
+    def __init__(self, config: Config, log: Logger, *, migrate: bool = True) -> None:
         self.config = config
         self.log = log
         self.migrate = migrate
@@ -151,11 +156,11 @@ class Daemon:
             parts.engine.dispose()
             return 1
         parts.tokens.start()
-        parts.scheduler.start()
+        parts.runtime.start(config.mailbox_settings())
         log.info("running", listen=f"{parts.http.host or '0.0.0.0'}:{parts.http.port}")  # noqa: S104
         exit_code = 0
         while not self.stop_event.wait(1.0):
-            if not (parts.scheduler.alive() and parts.tokens.alive()):
+            if not (parts.runtime.alive() and parts.tokens.alive()):
                 log.error("a background thread stopped unexpectedly; exiting")
                 exit_code = 1
                 break
@@ -166,8 +171,9 @@ class Daemon:
 
     def _shutdown(self, parts: _Parts) -> None:
         self.log.info("stopping")
-        if not parts.scheduler.stop(timeout=SHUTDOWN_POLLS_TIMEOUT):
+        if not parts.runtime.stop(timeout=SHUTDOWN_POLLS_TIMEOUT):
             self.log.warning("polls still running at shutdown; uncommitted batches are redone")
+        parts.sessions.close_all(deadline=SHUTDOWN_SESSIONS_TIMEOUT)
         parts.tokens.stop()
         parts.http.stop()
         parts.engine.dispose()
@@ -175,9 +181,10 @@ class Daemon:
     def _build(self) -> _Parts:
         config, log = self.config, self.log
         engine = create_engine_for(config.database_url)
-        store = SqlStore(engine)
         registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=registry)  # process_*: CPU, memory, open fds (SPEC)
         metrics = Metrics(registry, [t.name for t in config.tenants], __version__)
+        store = SqlStore(engine, on_write=metrics.db_write)
         metrics.set_config_loaded(True)
         per_tenant = Counter(m.tenant for m in config.mailboxes)
         metrics.set_mailboxes_configured(per_tenant)
@@ -194,32 +201,42 @@ class Daemon:
             poll_intervals=_shortest_intervals(config),
         )
         context = make_ssl_context(_ca_file(config))
+        tenants = {t.name: t for t in config.tenants}
+        limits = config.limits
 
-        def connect(tenant: Tenant) -> Session:
+        def connect(tenant_name: str) -> Session:
+            tenant = tenants[tenant_name]
             return ImapMailbox.connect(
-                tenant.imap.host, tenant.imap.port, ssl_context=context, timeout=IMAP_TIMEOUT
+                tenant.imap.host, tenant.imap.port, ssl_context=context, timeout=limits.imap_timeout
             )
 
-        poller = Poller(
-            tenants={t.name: t for t in config.tenants},
+        rng = random.Random()  # noqa: S311 - jitter, not cryptography
+        sessions = SessionPool(
+            connect=connect,
+            max_open=limits.max_open_sessions,
+            clock=time.time,
+            rng=rng,
+            log=log,
+            on_login=metrics.imap_login,
+            on_count=metrics.set_sessions_open,
+        )
+        worker = MailboxWorker(
             store=store,
             tokens=tokens,
-            connect=connect,
+            sessions=sessions,
             metrics=metrics,
             log=log,
-            batch_size=config.limits.fetch_batch_size,
-            should_stop=self.stop_event.is_set,
+            batch_size=limits.fetch_batch_size,
         )
-        scheduler = PollScheduler(
-            config.mailbox_settings(),
-            poller.poll,
+        runtime = Runtime(
+            poller=worker,
+            timer=ApschedulerTimer(workers=limits.max_concurrent_polls, log=log),
+            limiter=TenantLimiter(limits.max_concurrent_polls_per_tenant),
             metrics=metrics,
             log=log,
-            max_concurrent=config.limits.max_concurrent_polls,
-            max_per_tenant=config.limits.max_concurrent_polls_per_tenant,
+            clock=time.time,
+            rng=rng,
         )
-        tokens.when_recovered(scheduler.wake_tenant)
-        http = HealthServer(
-            config.http.listen, registry, scheduler.alive, _Readiness(store, engine)
-        )
-        return _Parts(engine, metrics, registry, tokens, scheduler, http)
+        tokens.when_recovered(runtime.wake_tenant)
+        http = HealthServer(config.http.listen, registry, runtime.alive, _Readiness(store, engine))
+        return _Parts(engine, metrics, registry, tokens, sessions, runtime, http)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import random
+from daemon.ports import Jitter
 
 BACKOFF_CAP = 900.0
 """A failing mailbox waits at most 15 minutes (SPEC)."""
@@ -10,7 +10,7 @@ AUTH_RETRY_MIN = 300.0
 AUTH_RETRY_MAX = 3600.0
 
 
-def next_interval(interval: float, rng: random.Random) -> float:
+def next_interval(interval: float, rng: Jitter) -> float:
     """A successful poll: the configured interval, jittered by 2% to keep mailboxes apart."""
     return interval * rng.uniform(0.98, 1.02)
 
@@ -18,7 +18,7 @@ def next_interval(interval: float, rng: random.Random) -> float:
 def backoff_delay(
     interval: float,
     failures: int,
-    rng: random.Random,
+    rng: Jitter,
     *,
     retry_after: float | None = None,
     cap: float = BACKOFF_CAP,
@@ -37,7 +37,7 @@ def backoff_delay(
     return delay
 
 
-def auth_retry_delay(interval: float, rng: random.Random) -> float:
+def auth_retry_delay(interval: float, rng: Jitter) -> float:
     """A mailbox in ``auth_failed`` retries slowly: someone has to fix permissions first."""
     base = min(AUTH_RETRY_MAX, max(AUTH_RETRY_MIN, interval * 10))
     return base * rng.uniform(0.8, 1.0)

@@ -19,8 +19,10 @@ import contextlib
 import datetime as dt
 import imaplib
 import re
+import select
 import socket
 import ssl
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final
 
@@ -49,6 +51,11 @@ from daemon.sync.model import Flags, MessageRecord, normalize_flags
 
 FLAG_ITEMS: Final = "(UID FLAGS)"
 LOGOUT_TIMEOUT: Final = 2.0
+REEXAMINE_AFTER: Final = 300.0
+"""A NOOP stands in for EXAMINE of the same folder for at most this long (see ``examine``)."""
+_CHANGES: Final = ("EXISTS", "EXPUNGE", "FETCH", "RECENT", "UIDVALIDITY", "VANISHED")
+KEEPALIVE: Final = {"TCP_KEEPIDLE": 60, "TCP_KEEPINTVL": 15, "TCP_KEEPCNT": 4}
+"""First probe after 60 s of silence, then every 15 s: a dead peer is found within 2 minutes."""
 _MAX_DETAIL: Final = 300  # server text in messages: enough to diagnose, never message data
 _THROTTLED: Final = re.compile(r"Suggested Backoff Time:\s*(\d+)\s*milli", re.IGNORECASE)
 _TRANSLATED: Final = (imaplib.IMAP4.error, OSError, EOFError, ValueError)
@@ -75,7 +82,7 @@ def uid_set(uids: Iterable[int]) -> str:
 class ImapMailbox:
     """One IMAP session on one mailbox; not thread-safe.
 
-    Implements ``daemon.sync.ports.MailboxClient`` (and the poller's ``Session``): every
+    Implements ``daemon.ports.Session``: every
     method raises only ``daemon.errors.ImapError`` subclasses, except ``logout``.
     """
 
@@ -85,6 +92,10 @@ class ImapMailbox:
         self._imap: imaplib.IMAP4 = client._imap
         self._timeout = timeout
         self._closed = False
+        self._completed = 0
+        self._selected: tuple[str, ServerFolder, float] | None = None
+        """The examined folder, what EXAMINE said, and when (monotonic)."""
+        self._exists_at_examine: int | None = None
         with self._guard("connect"):
             self._capabilities = _capability_names(client.capabilities())
 
@@ -102,6 +113,7 @@ class ImapMailbox:
                 # Small writes (AUTHENTICATE sends its response and CRLF separately) must not
                 # wait for delayed ACKs: about 40 ms per exchange otherwise.
                 client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                _keepalive(client.socket())
             return cls(client, timeout=timeout)
         except BaseException:
             with contextlib.suppress(Exception):
@@ -136,6 +148,29 @@ class ImapMailbox:
         with self._guard("noop"):
             self._client.noop()
 
+    @property
+    def commands_completed(self) -> int:
+        """Commands that got their tagged answer on this session so far."""
+        return self._completed
+
+    def has_unread_input(self) -> bool:
+        """Whether the server sent something since the last answer (BYE, EOF, an update).
+
+        Looks without reading: data already decrypted in the TLS layer, or a readable socket.
+        A session that sat idle and has nothing waiting is still open as far as we can tell
+        without a round trip.
+        """
+        if self._closed:
+            return True
+        sock = self._client.socket()
+        try:
+            if isinstance(sock, ssl.SSLSocket) and sock.pending():
+                return True
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return True  # closed under us
+        return bool(readable)
+
     def logout(self) -> None:
         """Log out and close the connection. Never raises; calling it again does nothing."""
         if self._closed:
@@ -165,7 +200,26 @@ class ImapMailbox:
         """EXAMINE ``folder`` (read-only: never changes ``\\Seen``). FolderMissing on NO.
 
         ``highest_modseq`` is None unless the server has CONDSTORE (enabled at login).
+
+        When ``folder`` is still the examined folder of this session (a persistent session
+        polling a one-folder mailbox), a NOOP stands in for the EXAMINE: the server reports
+        every change to the selected folder as untagged EXISTS, EXPUNGE or FETCH (RFC 3501
+        6.1.2, "NOOP ... as a periodic poll for new messages"), so if none came since the last
+        EXAMINE the folder is as it was. A real EXAMINE runs at least every
+        ``REEXAMINE_AFTER`` seconds regardless. NOOP costs about a fifth of a re-EXAMINE on
+        both sides (measured against Dovecot: 0.39 ms vs 2.0 ms).
         """
+        selected = self._selected
+        if (
+            selected is not None
+            and selected[0] == folder
+            and time.monotonic() - selected[2] < REEXAMINE_AFTER
+        ):
+            with self._guard("noop", folder=folder):
+                self._imap.noop()
+            if not any(key in self._imap.untagged_responses for key in _CHANGES):
+                return selected[1]
+        self._selected = None
         with self._guard("examine", folder=folder):
             typ, data = self._imap.select(_quote_folder(folder), True)
             if typ != "OK":
@@ -174,12 +228,18 @@ class ImapMailbox:
                     f"cannot open folder {folder!r}: {detail}", folder=folder
                 )
             untagged = self._imap.untagged_responses
-            return ServerFolder(
+            server = ServerFolder(
                 uidvalidity=_number(untagged, "UIDVALIDITY"),
                 uidnext=_optional_number(untagged, "UIDNEXT"),
                 highest_modseq=_optional_number(untagged, "HIGHESTMODSEQ"),
                 exists=_number(untagged, "EXISTS"),
             )
+        # From here on, any of these in the untagged responses is news about the folder.
+        for key in _CHANGES:
+            untagged.pop(key, None)
+        self._exists_at_examine = server.exists
+        self._selected = (folder, server, time.monotonic())
+        return server
 
     # -- messages --------------------------------------------------------------------------
     def uids_from(self, uid: int) -> list[int]:
@@ -262,7 +322,9 @@ class ImapMailbox:
     def _exists(self) -> int | None:
         """The message count as last reported (EXAMINE, then EXISTS updates)."""
         values = self._imap.untagged_responses.get("EXISTS")
-        last = values[-1] if values else None
+        if not values:
+            return self._exists_at_examine
+        last = values[-1]
         try:
             return int(last) if isinstance(last, bytes) else None
         except ValueError:
@@ -272,10 +334,22 @@ class ImapMailbox:
         """What the server said with BYE, if it did (imaplib keeps it, then reports EOF)."""
         return _response_text(self._imap.untagged_responses.get("BYE"))
 
+    @contextlib.contextmanager
     def _guard(
         self, op: str, *, folder: str | None = None, secrets: Sequence[str] = ()
-    ) -> contextlib.AbstractContextManager[None]:
-        return _mapped(op, folder=folder, secrets=secrets, farewell=self._farewell)
+    ) -> Iterator[None]:
+        with _mapped(op, folder=folder, secrets=secrets, farewell=self._farewell):
+            yield
+        self._completed += 1
+
+
+def _keepalive(sock: socket.socket) -> None:
+    """TCP keepalive, so that a connection the network dropped is noticed while it sits idle."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in KEEPALIVE.items():
+        option = getattr(socket, name, None)
+        if option is not None:  # Linux names; other systems keep their defaults
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 def open_mailbox(

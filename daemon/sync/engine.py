@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from daemon.errors import FolderMissing
+from daemon.ports import MailboxClient, Store
 from daemon.sync.algorithm import batches, diff_changed, diff_full_scan, new_uids, plan_folder
 from daemon.sync.model import Checkpoint, FolderChanges, FolderState
-from daemon.sync.ports import MailboxClient, Store
 
 
 @dataclass
@@ -28,6 +28,8 @@ class FolderResult:
     outcome: str = "success"  # success | failure | missing | skipped | stopped
     error: BaseException | None = None
     lag_seconds: list[float] = field(default_factory=list)
+    wrote: bool = False
+    """The store was written (the folder's stored state may have changed)."""
 
     @property
     def changed(self) -> bool:
@@ -66,16 +68,19 @@ class MailboxSync:
         job: FolderJob,
         state: FolderState | None,
         result: FolderResult | None = None,
+        *,
+        should_stop: Callable[[], bool] | None = None,
     ) -> FolderResult:
         """Poll one folder; store errors and connection errors propagate to the caller.
 
         Pass ``result`` to keep what was committed before a failure (it is filled as each
-        batch commits).
+        batch commits), and ``should_stop`` to stop this folder's sync between batches (the
+        engine's own ``should_stop`` otherwise).
         """
         started = self._monotonic()
         result = result if result is not None else FolderResult(job.folder)
         try:
-            self._sync(client, job, state, result)
+            self._sync(client, job, state, result, should_stop or self._should_stop)
         finally:
             result.duration = self._monotonic() - started
         return result
@@ -86,10 +91,12 @@ class MailboxSync:
         job: FolderJob,
         state: FolderState | None,
         result: FolderResult,
+        should_stop: Callable[[], bool],
     ) -> None:
         store = self._store
         now = self._now()
         if state is None:
+            result.wrote = True
             state = store.ensure_folder(job.mailbox_id, job.folder)
         if state.vanished_at is not None:
             # Checked again only when a full scan would be due, not on every poll.
@@ -101,10 +108,12 @@ class MailboxSync:
             server = client.examine(job.folder)
         except FolderMissing:
             if state.vanished_at is None:
+                result.wrote = True
                 result.deleted = store.mark_folder_vanished(state.folder_id, now)
             result.outcome = "missing"
             return
         if state.vanished_at is not None:
+            result.wrote = True
             state = store.ensure_folder(job.mailbox_id, job.folder)
         plan = plan_folder(
             state,
@@ -114,6 +123,7 @@ class MailboxSync:
             condstore=client.condstore,
         )
         if plan.reset:
+            result.wrote = True
             result.deleted += store.reset_folder(state.folder_id, server.uidvalidity, now)
             state = replace(
                 state,
@@ -140,11 +150,12 @@ class MailboxSync:
             else:
                 candidates = client.uids_from(plan.fetch_after + 1)
             for batch in batches(new_uids(candidates, plan.fetch_after), self._batch_size):
-                if self._should_stop():
+                if should_stop():
                     result.outcome = "stopped"
                     return
                 records = client.fetch_records(batch)
                 last_uid = max(last_uid, *batch)
+                result.wrote = True
                 counts = store.apply(
                     FolderChanges(
                         folder_id=state.folder_id,
@@ -161,6 +172,7 @@ class MailboxSync:
                         max(0.0, (committed - r.received_at).total_seconds()) for r in records
                     )
         elif initial:
+            result.wrote = True
             store.apply(
                 FolderChanges(
                     folder_id=state.folder_id,
@@ -171,7 +183,7 @@ class MailboxSync:
             )
 
         if plan.full_scan or plan.changed_since is not None:
-            if self._should_stop():
+            if should_stop():
                 result.outcome = "stopped"
                 return
             stored = store.stored_flags(state.folder_id, server.uidvalidity)
@@ -181,6 +193,7 @@ class MailboxSync:
             else:
                 changed = client.fetch_flags_changed_since(plan.changed_since or 0)
                 updates, expunged = diff_changed(stored, changed, up_to_uid=last_uid), ()
+            result.wrote = True
             counts = store.apply(
                 FolderChanges(
                     folder_id=state.folder_id,

@@ -33,7 +33,7 @@ from sqlalchemy.pool import NullPool
 
 from daemon.config import parse_duration
 from daemon.imap.parse import FETCH_ITEMS
-from daemon.scheduler import FIRST_POLL_SPREAD_MAX
+from daemon.sync.schedule import FIRST_POLL_SPREAD_MAX
 from localenv.dovecot import MASTER_SEPARATOR, MASTER_USER
 from localenv.env import EnvInfo, LocalEnv, free_port, stop_pid
 from localenv.imap import FixtureImap

@@ -61,6 +61,7 @@ SPEC_METRICS = {
     "mailsyncd_oldest_successful_poll_timestamp_seconds": "gauge",
     "mailsyncd_db_write_duration_seconds": "histogram",
     "mailsyncd_build_info": "gauge",
+    "mailsyncd_imap_sessions_open": "gauge",
 }
 HISTOGRAMS = [name for name, kind in SPEC_METRICS.items() if kind == "histogram"]
 # Messages seeded per healthy mailbox (tenant, count).

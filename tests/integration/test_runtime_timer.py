@@ -1,11 +1,12 @@
-"""The real APScheduler schedule with a stand-in poll function: states, bounds, backoff."""
+"""The runtime on the real APScheduler timer with a stand-in poller: states, bounds, backoff."""
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -14,8 +15,12 @@ from daemon.config import MailboxSettings
 from daemon.errors import AuthFailed, ImapConnectionError
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
-from daemon.scheduler import PollScheduler
+from daemon.runtime.limiter import TenantLimiter
+from daemon.runtime.supervisor import Runtime
+from daemon.runtime.timer import ApschedulerTimer
 from support.daemon import wait_for
+
+PollFn = Callable[[MailboxSettings], None]
 
 
 def _mailboxes(count: int, tenant: str = "contoso", interval: float = 1.0) -> list[MailboxSettings]:
@@ -32,26 +37,63 @@ def _mailboxes(count: int, tenant: str = "contoso", interval: float = 1.0) -> li
     ]
 
 
+class _Poller:
+    def __init__(self, poll: PollFn) -> None:
+        self._poll = poll
+
+    def poll(self, mailbox: MailboxSettings, should_stop: Callable[[], bool]) -> None:
+        self._poll(mailbox)
+
+    def forget(self, address: str) -> None:
+        pass
+
+
+class Scheduler:
+    """The runtime wired as the daemon wires it, with a stand-in poll function."""
+
+    def __init__(self, mailboxes: list[MailboxSettings], runtime: Runtime) -> None:
+        self.mailboxes = mailboxes
+        self.runtime = runtime
+
+    def start(self) -> None:
+        self.runtime.start(self.mailboxes)
+
+    def stop(self, timeout: float) -> bool:
+        return self.runtime.stop(timeout)
+
+    def states(self) -> Counter[str]:
+        return Counter(self.runtime.states())
+
+    def alive(self) -> bool:
+        return self.runtime.alive()
+
+
+MakeScheduler = Callable[..., tuple[Scheduler, Metrics]]
+
+
 @pytest.fixture
-def make_scheduler() -> Callable[..., tuple[PollScheduler, Metrics]]:
-    made: list[PollScheduler] = []
+def make_scheduler() -> Iterator[MakeScheduler]:
+    made: list[Scheduler] = []
 
     def make(
         mailboxes: list[MailboxSettings],
-        poll: Callable[[MailboxSettings], None],
+        poll: PollFn,
         *,
         max_concurrent: int = 8,
         max_per_tenant: int = 8,
-    ) -> tuple[PollScheduler, Metrics]:
+    ) -> tuple[Scheduler, Metrics]:
         metrics = Metrics(CollectorRegistry(), sorted({m.tenant for m in mailboxes}))
-        scheduler = PollScheduler(
-            mailboxes,
-            poll,
+        log = get_logger("test")
+        runtime = Runtime(
+            poller=_Poller(poll),
+            timer=ApschedulerTimer(workers=max_concurrent, log=log),
+            limiter=TenantLimiter(max_per_tenant),
             metrics=metrics,
-            log=get_logger("test"),
-            max_concurrent=max_concurrent,
-            max_per_tenant=max_per_tenant,
+            log=log,
+            clock=time.time,
+            rng=random.Random(),
         )
+        scheduler = Scheduler(mailboxes, runtime)
         made.append(scheduler)
         return scheduler, metrics
 
@@ -61,7 +103,7 @@ def make_scheduler() -> Callable[..., tuple[PollScheduler, Metrics]]:
 
 
 def test_polls_of_one_mailbox_never_overlap_and_tenant_concurrency_is_bounded(
-    make_scheduler: Callable[..., tuple[PollScheduler, Metrics]],
+    make_scheduler: MakeScheduler,
 ) -> None:
     lock = threading.Lock()
     running: Counter[str] = Counter()
@@ -96,7 +138,7 @@ def test_polls_of_one_mailbox_never_overlap_and_tenant_concurrency_is_bounded(
 
 
 def test_failures_back_off_auth_failures_park_and_success_recovers(
-    make_scheduler: Callable[..., tuple[PollScheduler, Metrics]],
+    make_scheduler: MakeScheduler,
 ) -> None:
     outcome: dict[str, Exception | None] = {
         "m0@contoso.test": ImapConnectionError("connection refused"),
@@ -134,7 +176,7 @@ def test_failures_back_off_auth_failures_park_and_success_recovers(
 
 
 def test_stop_waits_for_running_polls_and_is_idempotent(
-    make_scheduler: Callable[..., tuple[PollScheduler, Metrics]],
+    make_scheduler: MakeScheduler,
 ) -> None:
     started = threading.Event()
     finished = threading.Event()
@@ -151,3 +193,27 @@ def test_stop_waits_for_running_polls_and_is_idempotent(
     assert finished.is_set()
     assert scheduler.stop(timeout=1)
     assert not scheduler.alive()
+
+
+def test_reconcile_on_the_running_timer_starts_added_and_stops_removed_mailboxes(
+    make_scheduler: MakeScheduler,
+) -> None:
+    lock = threading.Lock()
+    polls: Counter[str] = Counter()
+
+    def poll(mailbox: MailboxSettings) -> None:
+        with lock:
+            polls[mailbox.address] += 1
+
+    first, second = _mailboxes(2, interval=0.5)
+    scheduler, _ = make_scheduler([first], poll)
+    scheduler.start()
+    wait_for(lambda: polls[first.address] >= 2, timeout=15, what="first mailbox polled")
+    result = scheduler.runtime.reconcile([second])
+    assert (result.added, result.removed) == ((second.address,), (first.address,))
+    with lock:
+        stopped_at = polls[first.address]
+    wait_for(lambda: polls[second.address] >= 3, timeout=15, what="added mailbox polled")
+    with lock:
+        # At most a poll that had already started when it was removed.
+        assert polls[first.address] <= stopped_at + 1

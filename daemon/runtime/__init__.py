@@ -1,0 +1,1 @@
+"""The runtime: which mailboxes run, when each is polled, and through which session."""

@@ -1,0 +1,366 @@
+"""The runtime: the set of mailboxes this process polls, changed by one ``reconcile`` step.
+
+    config / leases ──reconcile(mailboxes)──▶ Runtime ──timer──▶ _on_due ──▶ Poller.poll
+                                               │  ▲                            │
+                                               │  └──── outcome: schedule.succeeded/failed
+                                               └─ TenantLimiter (slots per tenant, FIFO)
+
+``reconcile`` compares the wanted mailboxes with the running ones: added mailboxes get their
+first poll (spread over half of min(interval, 60 s)), removed ones are cancelled, drained (a
+running poll stops at its next batch boundary) and their sessions closed, changed ones run
+with their new settings from the next poll on, keeping their schedule state. Start-up is just
+the first reconcile; config reload and replica leases are later ones.
+
+Every field of a mailbox's runtime entry is written under one lock. When a poll is due the
+timer runs ``_on_due`` on one of its worker threads (which bounds global concurrency); a
+mailbox over its tenant's bound waits in the limiter's line without holding a thread, and the
+finishing poll of that tenant hands its slot over.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from daemon.config import MailboxSettings
+from daemon.errors import MailsyncError, PermanentError, TokenExpiredOnServer, error_fields
+from daemon.logging import Logger
+from daemon.metrics import Metrics
+from daemon.ports import Clock, Jitter, Poller, Timer
+from daemon.runtime.limiter import TenantLimiter
+from daemon.sync import schedule
+from daemon.sync.schedule import STATES, Failure, MailboxState, Schedule
+
+HOUSEKEEPING_SECONDS: Final = 5.0
+HOUSEKEEPING_KEY: Final = "__housekeeping__"
+
+
+@dataclass
+class _Mailbox:
+    settings: MailboxSettings
+    schedule: Schedule
+    running: bool = False
+    waiting: bool = False
+    """In its tenant's line for a slot."""
+    has_slot: bool = False
+    """A finishing poll of the same tenant handed its slot to this mailbox."""
+    removed: bool = False
+    """No longer wanted; a running poll drains and the entry goes when it ends."""
+    last_failure_key: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class ReconcileResult:
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    updated: tuple[str, ...] = ()
+
+
+class Runtime:
+    """Owns every running mailbox's schedule; polls through ``poller`` on ``timer``."""
+
+    def __init__(
+        self,
+        *,
+        poller: Poller,
+        timer: Timer,
+        limiter: TenantLimiter,
+        metrics: Metrics,
+        log: Logger,
+        clock: Clock,
+        rng: Jitter,
+        monotonic: Clock = time.monotonic,
+    ) -> None:
+        self._poller = poller
+        self._timer = timer
+        self._limiter = limiter
+        self._metrics = metrics
+        self._log = log
+        self._clock = clock
+        self._rng = rng
+        self._monotonic = monotonic
+        self._mailboxes: dict[str, _Mailbox] = {}
+        self._wakes: Counter[str] = Counter()
+        """Per tenant: how often its token came back (a poll failing meanwhile is not parked)."""
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._started_at = clock()
+        self._heartbeat = monotonic()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self, mailboxes: Iterable[MailboxSettings]) -> ReconcileResult:
+        """Start the timer and the first reconcile."""
+        self._timer.start()
+        result = self.reconcile(mailboxes)
+        self._timer.every(HOUSEKEEPING_KEY, HOUSEKEEPING_SECONDS, self._housekeeping)
+        return result
+
+    def stop(self, timeout: float) -> bool:
+        """Stop scheduling, wait up to ``timeout`` s for running polls; idempotent."""
+        self._stopping.set()
+        return self._timer.stop(timeout)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def alive(self) -> bool:
+        """The timer runs and the housekeeping job ran recently."""
+        fresh = self._monotonic() - self._heartbeat < HOUSEKEEPING_SECONDS * 6
+        return self._timer.running and fresh
+
+    def states(self) -> Counter[MailboxState]:
+        with self._lock:
+            return Counter(m.schedule.state for m in self._mailboxes.values() if not m.removed)
+
+    # -- the seam: what runs here -------------------------------------------------------------
+    def reconcile(self, wanted: Iterable[MailboxSettings]) -> ReconcileResult:
+        """Make the running set equal ``wanted``: add, remove (drain), update settings."""
+        by_address = {m.address: m for m in wanted}
+        added: list[str] = []
+        removed: list[str] = []
+        updated: list[str] = []
+        forget: list[str] = []
+        now = self._clock()
+        with self._lock:
+            for address, entry in list(self._mailboxes.items()):
+                if address not in by_address and not entry.removed:
+                    removed.append(address)
+                    if self._remove(entry):
+                        forget.append(address)
+            for address, settings in by_address.items():
+                known = self._mailboxes.get(address)
+                if known is None:
+                    self._add(settings, now)
+                    added.append(address)
+                elif known.removed:
+                    # Removed and wanted again while its last poll drains: it continues.
+                    known.removed = False
+                    known.settings = settings
+                    updated.append(address)
+                elif known.settings != settings:
+                    if self._update(known, settings, now):
+                        forget.append(address)
+                    updated.append(address)
+        for address in forget:
+            self._poller.forget(address)
+        if added or removed or updated:
+            self._log.info(
+                "mailboxes reconciled",
+                added=len(added),
+                removed=len(removed),
+                updated=len(updated),
+                running=len(self._mailboxes),
+            )
+        return ReconcileResult(tuple(added), tuple(removed), tuple(updated))
+
+    def _add(self, settings: MailboxSettings, now: float) -> None:
+        entry = _Mailbox(
+            settings,
+            schedule.first(settings.poll_interval, now, self._rng, enabled=settings.enabled),
+        )
+        self._mailboxes[settings.address] = entry
+        self._arm(entry)
+
+    def _remove(self, entry: _Mailbox) -> bool:
+        """Stop the mailbox; True when it can be forgotten now (no poll running)."""
+        entry.removed = True
+        address = entry.settings.address
+        self._timer.cancel(address)
+        if entry.waiting:
+            self._limiter.withdraw(entry.settings.tenant, address)
+            entry.waiting = False
+        if entry.running:
+            return False  # the poll drains and finishes the removal
+        if entry.has_slot:
+            self._pass_slot(entry.settings.tenant)
+        del self._mailboxes[address]
+        return True
+
+    def _update(self, entry: _Mailbox, settings: MailboxSettings, now: float) -> bool:
+        """New settings from the next poll on; True when its session must close (disabled)."""
+        old = entry.settings
+        entry.settings = settings
+        if old.enabled and not settings.enabled:
+            entry.schedule = schedule.first(settings.poll_interval, now, self._rng, enabled=False)
+            self._timer.cancel(settings.address)
+            return not entry.running
+        if not old.enabled and settings.enabled:
+            entry.schedule = schedule.first(settings.poll_interval, now, self._rng)
+        elif settings.poll_interval < old.poll_interval and not entry.schedule.waits_for_token:
+            # A shorter interval applies now, not after the old, longer wait.
+            due = min(entry.schedule.due, now + settings.poll_interval)
+            entry.schedule = Schedule(
+                entry.schedule.state,
+                due,
+                entry.schedule.failures,
+                entry.schedule.last_success,
+            )
+        if not entry.running:
+            self._arm(entry)
+        # Another tenant: the session (logged in for the old one) must go.
+        return settings.tenant != old.tenant and not entry.running
+
+    # -- polls --------------------------------------------------------------------------------
+    def _arm(self, entry: _Mailbox) -> None:
+        """Arm the mailbox's next poll at its due time; the caller holds the lock."""
+        if self._stopping.is_set() or entry.removed or entry.schedule.state == "disabled":
+            return
+        address = entry.settings.address
+        self._timer.call_at(address, entry.schedule.due, functools.partial(self._on_due, address))
+
+    def _on_due(self, address: str) -> None:
+        with self._lock:
+            entry = self._mailboxes.get(address)
+            if entry is None or entry.removed or entry.running or self._stopping.is_set():
+                return  # a running poll re-arms its mailbox itself when it ends
+            tenant = entry.settings.tenant
+            if not entry.has_slot:
+                if entry.waiting:
+                    return
+                if not self._limiter.acquire(tenant, address):
+                    entry.waiting = True  # the finishing poll of this tenant hands its slot on
+                    return
+            entry.has_slot = entry.waiting = False
+            entry.running = True
+            settings, due, wakes = entry.settings, entry.schedule.due, self._wakes[tenant]
+        self._metrics.schedule_delay(max(0.0, self._clock() - due))
+
+        def should_stop() -> bool:
+            return self._stopping.is_set() or entry.removed
+
+        failure: Exception | None = None
+        try:
+            self._poller.poll(settings, should_stop)
+        except Exception as exc:  # noqa: BLE001 - every failure is classified and retried
+            failure = exc
+        self._finished(entry, settings, failure, woken=self._wakes[tenant] != wakes)
+
+    def _finished(
+        self,
+        entry: _Mailbox,
+        settings: MailboxSettings,
+        exc: Exception | None,
+        *,
+        woken: bool,
+    ) -> None:
+        now = self._clock()
+        address, tenant = settings.address, settings.tenant
+        previous = entry.schedule
+        with self._lock:
+            entry.running = False
+            self._pass_slot(tenant)
+            if entry.removed:
+                self._mailboxes.pop(address, None)
+            elif exc is None:
+                entry.schedule = schedule.succeeded(
+                    previous, entry.settings.poll_interval, now, self._rng
+                )
+                entry.last_failure_key = None
+            else:
+                entry.schedule = schedule.failed(
+                    previous, _failure(exc, woken), entry.settings.poll_interval, now, self._rng
+                )
+            if not entry.settings.enabled:  # disabled while this poll ran
+                entry.schedule = schedule.first(0.0, now, self._rng, enabled=False)
+            self._arm(entry)
+            key = (type(exc).__name__, str(exc)) if exc is not None else None
+            repeated = key is not None and key == entry.last_failure_key
+            if key is not None:
+                entry.last_failure_key = key
+            current = entry.schedule
+            gone = entry.removed or (not entry.settings.enabled) or entry.settings.tenant != tenant
+        if gone:
+            self._poller.forget(address)
+        if entry.removed:
+            return
+        if exc is None:
+            if previous.state != "ok":
+                self._log.info(
+                    "mailbox recovered",
+                    mailbox=address,
+                    tenant=tenant,
+                    previous_state=previous.state,
+                    failures=previous.failures,
+                )
+            return
+        # The same failure again is worth a debug line, not another warning.
+        log = self._log.debug if repeated else self._log.warning
+        fields = error_fields(exc)
+        log(
+            "mailbox poll failed",
+            mailbox=address,
+            tenant=tenant,
+            state=current.state,
+            failures=current.failures,
+            retry_in_s=round(max(0.0, current.due - now), 1),
+            exc_info=fields["reason"] == "other" and not isinstance(exc, PermanentError),
+            **fields,
+        )
+
+    def _pass_slot(self, tenant: str) -> None:
+        """Give a tenant slot to the first live mailbox in line; the caller holds the lock."""
+        while (heir_address := self._limiter.release(tenant)) is not None:
+            heir = self._mailboxes.get(heir_address)
+            if heir is None or heir.removed or heir.schedule.state == "disabled":
+                continue  # it left the line's mailbox set: pass the slot further
+            heir.waiting = False
+            heir.has_slot = True
+            self._arm(heir)
+            return
+
+    def wake_tenant(self, tenant: str) -> None:
+        """The tenant has a token again: mailboxes that failed for lack of one poll within 2 s."""
+        now = self._clock()
+        woken = 0
+        with self._lock:
+            self._wakes[tenant] += 1
+            for entry in self._mailboxes.values():
+                if (
+                    entry.settings.tenant != tenant
+                    or not entry.schedule.waits_for_token
+                    or entry.running
+                    or entry.waiting
+                ):
+                    continue
+                entry.schedule = schedule.token_returned(
+                    entry.schedule, entry.settings.poll_interval, now, self._rng
+                )
+                self._arm(entry)
+                woken += 1
+        if woken:
+            self._log.info("token available again; polling", tenant=tenant, mailboxes=woken)
+
+    # -- housekeeping -------------------------------------------------------------------------
+    def _housekeeping(self) -> None:
+        self._heartbeat = self._monotonic()
+        with self._lock:
+            live = [m for m in self._mailboxes.values() if not m.removed]
+            counts = Counter(m.schedule.state for m in live)
+            oldest = min(
+                (
+                    m.schedule.last_success or self._started_at
+                    for m in live
+                    if m.schedule.state != "disabled"
+                ),
+                default=None,
+            )
+        self._metrics.set_mailbox_states({s: counts.get(s, 0) for s in STATES})
+        self._metrics.set_oldest_success(oldest)
+
+
+def _failure(exc: Exception, token_returned: bool) -> Failure:
+    if isinstance(exc, MailsyncError):
+        return Failure(
+            reason=exc.reason,
+            permanent=isinstance(exc, PermanentError),
+            retry_after=exc.retry_after,
+            token_expired_on_server=isinstance(exc, TokenExpiredOnServer),
+            token_returned=token_returned,
+        )
+    return Failure(reason="other", token_returned=token_returned)
