@@ -6,13 +6,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: help venv packages lint format test test-unit env-start env-stop lock clean demo bench
+.PHONY: help venv packages lint format test test-unit env-start env-stop lock clean demo bench \
+	bench-steady
 
 help:
 	@echo "make demo       run mailsyncd end to end on the local stand-in environment (SQLite)"
 	@echo "make test       lint and run the whole suite (installs everything it needs)"
 	@echo "make lint       ruff, ruff format --check, mypy strict"
 	@echo "make bench      time the daemon's initial sync into PostgreSQL vs a bare FETCH loop"
+	@echo "make bench-steady  steady state: 2,000 mailboxes at 12 s, polls/s, delay, CPU, RSS"
 	@echo "make env-start  start the local stand-in environment in .localenv/ (env-stop stops it)"
 
 $(STAMP): requirements-dev.lock pyproject.toml
@@ -46,6 +48,9 @@ demo: venv packages
 
 bench: venv packages
 	PYTHONPATH=deploy/local $(BIN)/python deploy/local/bench.py $(BENCH_ARGS)
+
+bench-steady: venv packages
+	PYTHONPATH=deploy/local $(BIN)/python deploy/local/bench_steady.py $(STEADY_ARGS)
 
 env-start: venv packages
 	PYTHONPATH=deploy/local $(BIN)/python -m localenv start --dir .localenv
