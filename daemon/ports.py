@@ -5,8 +5,10 @@ after its technology and satisfies one of these structurally:
 
     MailboxClient / Session  <- daemon.imap.client.ImapMailbox (imapclient)
     Store / RuntimeStore     <- daemon.store.repository.SqlStore (SQLAlchemy)
-    TokenProvider            <- daemon.auth.refresher.TokenRefresher (over MSAL)
+    TokenProvider            <- daemon.auth.refresher.TokenRefresher
+    TokenSource              <- daemon.auth.msal_provider.MsalTokenClient (MSAL)
     Timer                    <- daemon.runtime.timer.ApschedulerTimer (APScheduler 3)
+    Poller                   <- daemon.runtime.worker.MailboxWorker
     Clock                    <- time.time (tests pass a fake)
 """
 
@@ -117,6 +119,12 @@ class RuntimeStore(Store, Protocol):
 
 
 # -- tokens -----------------------------------------------------------------------------------
+class TokenSource(Protocol):
+    """Asks the identity platform for a new token (the MSAL adapter); raises token errors."""
+
+    def acquire(self, tenant: str) -> AccessToken: ...
+
+
 class TokenProvider(Protocol):
     """Gives the current token of a tenant; raises ``daemon.errors`` token errors."""
 

@@ -18,11 +18,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from daemon.auth import AccessToken
 from daemon.errors import TokenRejected, TokenUnavailable
 from daemon.logging import Logger
+from daemon.ports import TokenSource
 
 REFRESH_FRACTION = 2 / 3
 RETRY_FIRST = 1.0
@@ -32,10 +32,6 @@ RETRY_CAP_REJECTED = 300.0
 LOCK_WAIT = 40.0
 """How long a poll waits for a request already in flight (longer than its HTTP timeout)."""
 LOOP_MAX_WAIT = 5.0
-
-
-class TokenSource(Protocol):
-    def acquire(self, tenant: str) -> AccessToken: ...
 
 
 @dataclass
