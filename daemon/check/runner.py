@@ -272,7 +272,7 @@ class _TenantCheck:
         login = Finding.passed(f"XOAUTH2 login as {mailbox.address} accepted")
         self.recorder.found("imap.login", login, started, here)
         folders_key = (
-            f"mailboxes[{index}].folders"
+            f"{self.config.mailbox_key_path(index)}.folders"
             if self.config.mailboxes[index].folders is not None
             else "defaults.folders"
         )

@@ -17,6 +17,7 @@ from pydantic import (
     ValidationInfo,
 )
 
+from daemon.config.sources import ConfigSources
 from daemon.errors import SecretReadError
 
 CONFIG_ENV_VAR = "MAILSYNCD_CONFIG"
@@ -55,10 +56,18 @@ class ConfigIssue:
 
 
 class ConfigError(Exception):
-    """The configuration cannot be used; ``errors`` lists every problem found."""
+    """The configuration cannot be used; ``errors`` lists every problem found.
 
-    def __init__(self, errors: Iterable[ConfigIssue]) -> None:
+    ``sources`` names the files the rejected configuration was read from (None when it did not
+    come from a file), so that a watcher can wait for one of them to change before it tries
+    again: see :class:`~daemon.config.sources.ConfigSources`.
+    """
+
+    def __init__(
+        self, errors: Iterable[ConfigIssue], *, sources: ConfigSources | None = None
+    ) -> None:
         self.errors: list[ConfigIssue] = list(errors)
+        self.sources = sources
         super().__init__("\n".join(str(issue) for issue in self.errors))
 
 
@@ -198,6 +207,12 @@ def _not_empty(value: str) -> str:
     return value
 
 
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must be a path or a glob pattern, not empty")
+    return value
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 SecretFile = Annotated[Path, BeforeValidator(_secret_file)]
 PlainFile = Annotated[Path, BeforeValidator(_plain_file)]
@@ -207,6 +222,7 @@ Folders = Annotated[
     Field(min_length=1),
     AfterValidator(_unique),
 ]
+Patterns = tuple[Annotated[str, AfterValidator(_not_blank)], ...]
 Count = Annotated[int, Field(strict=True, ge=1)]
 Port = Annotated[int, Field(strict=True, ge=1, le=65535)]
 

@@ -30,6 +30,7 @@ from daemon.config.fields import (
     Duration,
     Folders,
     MailboxSettings,
+    Patterns,
     PlainFile,
     Port,
     SecretFile,
@@ -41,6 +42,7 @@ from daemon.config.fields import (
     _lower,
     _read,
 )
+from daemon.config.sources import ConfigSources
 from daemon.errors import SecretReadError
 
 # -- models ------------------------------------------------------------------------------------
@@ -317,10 +319,19 @@ class Mailbox(_Model):
 
 
 _SECTIONS = ("http", "tls", "logging", "defaults", "limits")
+_LOADER_ONLY = (
+    "mailbox files are read only when the configuration is loaded with load_config() or"
+    " config_from_mapping()"
+)
 
 
 class Config(_Model):
-    """The whole configuration file."""
+    """The whole configuration file.
+
+    ``mailboxes`` is the effective list: the entries of the ``mailboxes`` key followed by those
+    of every file ``mailboxes_files`` matched (the loader reads them; ``mailboxes_files`` keeps
+    the patterns as written). :attr:`sources` names the files all of it was read from.
+    """
 
     database: DatabaseConfig
     http: HttpConfig = HttpConfig()
@@ -329,7 +340,23 @@ class Config(_Model):
     defaults: Defaults = Defaults()
     limits: Limits = Limits()
     tenants: tuple[Tenant, ...]
-    mailboxes: tuple[Mailbox, ...]
+    mailboxes: tuple[Mailbox, ...] = ()
+    mailboxes_files: Patterns = ()
+    _sources: ConfigSources = PrivateAttr(default_factory=ConfigSources)
+
+    @field_validator("mailboxes_files")
+    @classmethod
+    def _read_by_the_loader(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        if value and not isinstance(_sources_of(info), ConfigSources):
+            raise ValueError(_LOADER_ONLY)
+        return value
+
+    @model_validator(mode="after")
+    def _remember_sources(self, info: ValidationInfo) -> Self:
+        sources = _sources_of(info)
+        if isinstance(sources, ConfigSources):
+            self._sources = sources
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -340,7 +367,7 @@ class Config(_Model):
             for key in _SECTIONS:
                 if key in data and data[key] is None:
                     data[key] = {}
-            for key in ("tenants", "mailboxes"):
+            for key in ("tenants", "mailboxes", "mailboxes_files"):
                 if key in data and data[key] is None:
                     data[key] = []
         return data
@@ -349,6 +376,18 @@ class Config(_Model):
     def database_url(self) -> str:
         """The database URL, resolved from ``database.url`` or ``database.url_env``."""
         return self.database.resolved_url
+
+    @property
+    def sources(self) -> ConfigSources:
+        """The files this configuration was read from (``sources.files``), their stamp as read
+        and how to take it again (``sources.current_stamp()``) to notice a change."""
+        return self._sources
+
+    def mailbox_key_path(self, index: int) -> str:
+        """The key path of ``mailboxes[index]`` (also ``mailbox_settings()[index]``) as errors
+        write it: ``mailboxes[3]``, or ``mailboxes_files[0]: teams.yaml[12]`` for an entry
+        read from a mailbox file."""
+        return self._sources.mailbox_key_path(index)
 
     def tenant(self, name: str) -> Tenant:
         """Return the tenant called *name*; raise KeyError if there is none."""
@@ -376,3 +415,7 @@ class Config(_Model):
             )
             for m in self.mailboxes
         )
+
+
+def _sources_of(info: ValidationInfo) -> object:
+    return info.context.get("sources") if isinstance(info.context, dict) else None

@@ -1,9 +1,10 @@
 """docs/configuration.md against the configuration model: same keys, same defaults.
 
 The reference documents each key as a table row whose first cell is the key path in
-backticks (`tenants[].credential.client_secret_file`). The model's key paths come from walking
-the pydantic models from ``Config`` down; fields that exist only to reject inline secrets
-(``exclude=True``) are not keys an operator may set.
+backticks (`tenants[].credential.client_secret_file`), and lists the keys that need a restart
+under "Keys that need a restart", one bullet each, which must be ``RESTART_KEYS``. The model's
+key paths come from walking the pydantic models from ``Config`` down; fields that exist only to
+reject inline secrets (``exclude=True``) are not keys an operator may set.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from daemon.config import Config, parse_duration
+from daemon.config import RESTART_KEYS, Config, parse_duration
 
 REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 ROW = re.compile(r"^\|\s*`(?P<key>[a-z_][a-z0-9_\[\].]*)`\s*\|(?P<cells>.*)\|\s*$")
@@ -130,3 +131,29 @@ def test_documented_default_matches_the_model(key: str) -> None:
         assert parse_duration(value) == field.default, f"{key}: {value} != {field.default}s"
     else:
         assert value == expected, f"{key}: documented {value!r}, model {expected!r}"
+
+
+def _bullets_under(heading: str) -> list[str]:
+    """The backticked first word of each top-level bullet in the section *heading*."""
+    lines = REFERENCE.read_text(encoding="utf-8").splitlines()
+    start = lines.index(heading) + 1
+    keys: list[str] = []
+    for line in lines[start:]:
+        if line.startswith("#"):
+            break
+        match = re.match(r"- `([^`]+)`", line)
+        if match is not None:
+            keys.append(match.group(1))
+    return keys
+
+
+def test_the_keys_that_need_a_restart_are_documented() -> None:
+    assert _bullets_under("### Keys that need a restart") == list(RESTART_KEYS)
+
+
+@pytest.mark.parametrize("key", RESTART_KEYS)
+def test_each_restart_key_says_so_in_its_row(key: str) -> None:
+    rows = [k for k in DOCUMENTED if k == key or k.startswith(f"{key}.")]
+    assert rows, f"{key} has no row"
+    for row in rows:
+        assert "needs a restart" in DOCUMENTED[row][-1], f"{row}: the row does not say so"
