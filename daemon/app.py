@@ -12,7 +12,6 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass
 from types import FrameType
 
@@ -23,15 +22,23 @@ from daemon import __version__
 from daemon.auth import AccessToken
 from daemon.auth.msal_provider import MsalTokenClient
 from daemon.auth.refresher import TokenRefresher
-from daemon.config import Config
+from daemon.config import Config, load_config
+from daemon.config.diff import ConfigDiff
 from daemon.errors import MailsyncError
 from daemon.http import HealthServer
 from daemon.imap.client import ImapMailbox
 from daemon.imap.pool import SessionPool
-from daemon.logging import Logger, SecretRegistry, configure_logging, get_logger
+from daemon.logging import (
+    Logger,
+    SecretRegistry,
+    configure_logging,
+    get_logger,
+    set_log_level,
+)
 from daemon.metrics import Metrics
 from daemon.ports import Session
 from daemon.runtime.limiter import TenantLimiter
+from daemon.runtime.reload import LiveConfig, Reloader, ReloadTargets
 from daemon.runtime.supervisor import Runtime
 from daemon.runtime.timer import ApschedulerTimer
 from daemon.runtime.worker import MailboxWorker
@@ -41,20 +48,27 @@ from daemon.store.migrate import migrate as run_migrations
 from daemon.store.repository import SqlStore
 from daemon.tls import make_ssl_context
 
+RELOAD_CHECK_SECONDS = 2.0
+"""How often the configuration's files are checked for a change (SPEC: at least every 5 s)."""
 SHUTDOWN_POLLS_TIMEOUT = 7.0
 SHUTDOWN_SESSIONS_TIMEOUT = 3.0
 MIGRATION_WAIT = 60.0
 
 
-def configure_from(config: Config) -> Logger:
-    """Configure logging from the config, registering every secret it can read for scrubbing."""
-    secrets = SecretRegistry()
+def register_secrets(config: Config, secrets: SecretRegistry) -> None:
+    """Register every client secret the config can read, so that logs never show it."""
     for tenant in config.tenants:
         try:
             if tenant.credential.kind == "client_secret":
                 secrets.register_secret(tenant.credential.read_client_secret().get_secret_value())
         except MailsyncError:
             pass  # unreadable now: reported where it is used
+
+
+def configure_from(config: Config, secrets: SecretRegistry | None = None) -> Logger:
+    """Configure logging from the config, registering every secret it can read for scrubbing."""
+    secrets = secrets if secrets is not None else SecretRegistry()
+    register_secrets(config, secrets)
     configure_logging(config.logging.level, config.logging.format, secrets=secrets)
     return get_logger("mailsyncd")
 
@@ -120,25 +134,41 @@ class _Parts:
     sessions: SessionPool
     runtime: Runtime
     http: HealthServer
+    reloader: Reloader
 
 
 class Daemon:
     """``mailsyncd run``."""
 
-    def __init__(self, config: Config, log: Logger, *, migrate: bool = True) -> None:
+    def __init__(
+        self,
+        config: Config,
+        log: Logger,
+        *,
+        migrate: bool = True,
+        secrets: SecretRegistry | None = None,
+    ) -> None:
         self.config = config
         self.log = log
         self.migrate = migrate
+        self.secrets = secrets if secrets is not None else SecretRegistry()
         self.stop_event = threading.Event()
+        self.reload_event = threading.Event()
 
     def request_stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
         """Signal handler: only sets the stop event."""
         del signum
         self.stop_event.set()
 
+    def request_reload(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
+        """SIGHUP handler: only sets the reload event (the main loop reloads)."""
+        del signum
+        self.reload_event.set()
+
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGHUP, self.request_reload)
         config, log = self.config, self.log
         log.info(
             "starting",
@@ -159,11 +189,19 @@ class Daemon:
         parts.runtime.start(config.mailbox_settings())
         log.info("running", listen=f"{parts.http.host or '0.0.0.0'}:{parts.http.port}")  # noqa: S104
         exit_code = 0
+        next_check = time.monotonic() + RELOAD_CHECK_SECONDS
         while not self.stop_event.wait(1.0):
             if not (parts.runtime.alive() and parts.tokens.alive()):
                 log.error("a background thread stopped unexpectedly; exiting")
                 exit_code = 1
                 break
+            if self.reload_event.is_set():
+                self.reload_event.clear()
+                parts.reloader.reload("SIGHUP")
+            elif time.monotonic() >= next_check:
+                next_check = time.monotonic() + RELOAD_CHECK_SECONDS
+                if parts.reloader.changed():
+                    parts.reloader.reload("file changed")
         self._shutdown(parts)
         log.info("stopped", exit_code=exit_code)
         sys.stdout.flush()
@@ -180,36 +218,39 @@ class Daemon:
 
     def _build(self) -> _Parts:
         config, log = self.config, self.log
+        live = LiveConfig(config)
         engine = create_engine_for(config.database_url)
         registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=registry)  # process_*: CPU, memory, open fds (SPEC)
         metrics = Metrics(registry, [t.name for t in config.tenants], __version__)
         store = SqlStore(engine, on_write=metrics.db_write)
         metrics.set_config_loaded(True)
-        per_tenant = Counter(m.tenant for m in config.mailboxes)
-        metrics.set_mailboxes_configured(per_tenant)
 
         def on_token(tenant: str, ok: bool, token: AccessToken | None) -> None:
             metrics.token_request(tenant, ok)
             if token is not None:
                 metrics.token_expiry(tenant, token.expires_at)
 
+        source = MsalTokenClient(config.tenants, ca_file=_ca_file(config), observer=on_token)
         tokens = TokenRefresher(
-            MsalTokenClient(config.tenants, ca_file=_ca_file(config), observer=on_token),
+            source,
             [t.name for t in config.tenants],
             log=log,
             poll_intervals=_shortest_intervals(config),
         )
-        context = make_ssl_context(_ca_file(config))
-        tenants = {t.name: t for t in config.tenants}
-        limits = config.limits
+        context = make_ssl_context(_ca_file(config))  # tls.ca_file needs a restart
 
         def connect(tenant_name: str) -> Session:
-            tenant = tenants[tenant_name]
+            current = live.config  # a reload swaps it: new sessions use the new endpoint
+            tenant = current.tenant(tenant_name)
             return ImapMailbox.connect(
-                tenant.imap.host, tenant.imap.port, ssl_context=context, timeout=limits.imap_timeout
+                tenant.imap.host,
+                tenant.imap.port,
+                ssl_context=context,
+                timeout=current.limits.imap_timeout,
             )
 
+        limits = config.limits
         rng = random.Random()  # noqa: S311 - jitter, not cryptography
         sessions = SessionPool(
             connect=connect,
@@ -238,5 +279,48 @@ class Daemon:
             rng=rng,
         )
         tokens.when_recovered(runtime.wake_tenant)
+
+        def set_tenants(new: Config, changes: ConfigDiff) -> None:
+            for name in changes.tenants_added:
+                metrics.add_tenant(name)
+            register_secrets(new, self.secrets)
+            source.set_tenants(new.tenants)
+            renew = {c.name for c in changes.tenants_changed if c.needs_new_token}
+            tokens.set_tenants(
+                [t.name for t in new.tenants],
+                poll_intervals=_shortest_intervals(new),
+                renew=renew,
+            )
+            for change in changes.tenants_changed:
+                if change.imap_changed:
+                    sessions.close_tenant(change.name)
+
+        def set_limits(new: Config, changes: ConfigDiff) -> None:
+            keys = set(changes.changed_keys)
+            if "limits.max_concurrent_polls_per_tenant" in keys:
+                runtime.set_tenant_limit(new.limits.max_concurrent_polls_per_tenant)
+            if "limits.max_open_sessions" in keys:
+                sessions.set_max_open(new.limits.max_open_sessions)
+            if "limits.fetch_batch_size" in keys:
+                worker.set_batch_size(new.limits.fetch_batch_size)
+
+        def drop_tenants(names: tuple[str, ...]) -> None:
+            for name in names:
+                sessions.close_tenant(name)
+
+        reloader = Reloader(
+            live,
+            load=load_config,
+            targets=ReloadTargets(
+                set_tenants=set_tenants,
+                set_limits=set_limits,
+                reconcile=runtime.reconcile,
+                drop_tenants=drop_tenants,
+                set_log_level=set_log_level,
+            ),
+            metrics=metrics,
+            log=log,
+            clock=time.time,
+        )
         http = HealthServer(config.http.listen, registry, runtime.alive, _Readiness(store, engine))
-        return _Parts(engine, metrics, registry, tokens, sessions, runtime, http)
+        return _Parts(engine, metrics, registry, tokens, sessions, runtime, http, reloader)

@@ -52,9 +52,11 @@ def run(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_BAD_CONFIG
     from daemon.app import Daemon, configure_from  # noqa: PLC0415
+    from daemon.logging import SecretRegistry  # noqa: PLC0415
 
-    log = configure_from(config)
-    return Daemon(config, log, migrate=not args.no_migrate).run()
+    secrets = SecretRegistry()
+    log = configure_from(config, secrets)
+    return Daemon(config, log, migrate=not args.no_migrate, secrets=secrets).run()
 
 
 def check(args: argparse.Namespace) -> int:

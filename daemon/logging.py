@@ -268,6 +268,16 @@ def configure_logging(
     return redactor
 
 
+def set_log_level(level: str) -> None:
+    """Change the level of a configured logging setup (``logging.level`` reloaded)."""
+    level_name = level.lower()
+    if level_name not in LEVELS:
+        raise ValueError(f"unknown log level {level!r}; expected one of {', '.join(LEVELS)}")
+    logging.getLogger().setLevel(level_name.upper())
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if level_name == "debug" else "WARNING")
+
+
 class Logger(Protocol):
     """What mailsyncd's code calls on a logger: an event name and its fields as keywords.
 

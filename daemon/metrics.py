@@ -170,24 +170,43 @@ class Metrics:
             registry=reg,
         )
 
+        self.config_last_reload_successful = Gauge(
+            "mailsyncd_config_last_reload_successful",
+            "1 after a good load or reload of the configuration, 0 after a rejected reload.",
+            registry=reg,
+        )
+        self.config_last_reload_success_timestamp_seconds = Gauge(
+            "mailsyncd_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful load or reload of the configuration.",
+            registry=reg,
+        )
         for tenant in self.tenants:
-            for outcome in OUTCOMES:
-                self.polls_total.labels(tenant, outcome)
-                self.token_requests_total.labels(tenant, outcome)
-                self.imap_logins_total.labels(tenant, outcome)
-            for reason in REASONS:
-                self.poll_failures_total.labels(tenant, reason)
-            for change in CHANGES:
-                self.messages_synced_total.labels(tenant, change)
-            self.poll_duration_seconds.labels(tenant)
-            self.sync_lag_seconds.labels(tenant)
-            self.token_expiry_timestamp_seconds.labels(tenant)
-            self.imap_sessions_open.labels(tenant)
-            self.polls_in_flight.labels(tenant)
-            self.mailboxes_configured.labels(tenant)
+            self._init_tenant(tenant)
         for state in MAILBOX_STATES:
             self.mailboxes.labels(state)
         self.build_info.labels(version).set(1)
+
+    def add_tenant(self, tenant: str) -> None:
+        """Export a tenant added while running at 0, like those known at start."""
+        if tenant not in self.tenants:
+            self.tenants = (*self.tenants, tenant)
+            self._init_tenant(tenant)
+
+    def _init_tenant(self, tenant: str) -> None:
+        for outcome in OUTCOMES:
+            self.polls_total.labels(tenant, outcome)
+            self.token_requests_total.labels(tenant, outcome)
+            self.imap_logins_total.labels(tenant, outcome)
+        for reason in REASONS:
+            self.poll_failures_total.labels(tenant, reason)
+        for change in CHANGES:
+            self.messages_synced_total.labels(tenant, change)
+        self.poll_duration_seconds.labels(tenant)
+        self.sync_lag_seconds.labels(tenant)
+        self.token_expiry_timestamp_seconds.labels(tenant)
+        self.imap_sessions_open.labels(tenant)
+        self.polls_in_flight.labels(tenant)
+        self.mailboxes_configured.labels(tenant)
 
     def poll_finished(
         self,
@@ -278,6 +297,12 @@ class Metrics:
         """Sets the configured mailbox count per tenant; a known tenant absent becomes 0."""
         for tenant in (*self.tenants, *(t for t in counts if t not in self.tenants)):
             self.mailboxes_configured.labels(tenant).set(counts.get(tenant, 0))
+
+    def config_reloaded(self, ok: bool, when: float) -> None:
+        """A load or reload of the configuration was accepted (``ok``) or rejected."""
+        self.config_last_reload_successful.set(1 if ok else 0)
+        if ok:
+            self.config_last_reload_success_timestamp_seconds.set(when)
 
     def set_config_loaded(self, loaded: bool) -> None:
         """Marks whether a valid configuration is loaded."""

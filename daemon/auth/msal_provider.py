@@ -142,9 +142,21 @@ class MsalTokenClient:
     def tenant_names(self) -> tuple[str, ...]:
         return tuple(self._tenants)
 
+    def set_tenants(self, tenants: Sequence[Tenant]) -> None:
+        """The tenants changed while running: a changed tenant gets a new MSAL app."""
+        current = self._tenants
+        self._tenants = {
+            t.name: current[t.name]
+            if t.name in current and current[t.name].tenant == t
+            else _TenantState(t)
+            for t in tenants
+        }
+
     def acquire(self, tenant: str) -> AccessToken:
         """A new token from the platform; raises TokenUnavailable or TokenRejected."""
-        state = self._tenants[tenant]
+        state = self._tenants.get(tenant)
+        if state is None:
+            raise TokenUnavailable(f"tenant {tenant} is no longer configured")
         with state.lock:
             return self._request(state)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from daemon.auth import AccessToken
@@ -44,6 +44,14 @@ class _Tenant:
     next_attempt: float = 0.0
     last_error: TokenUnavailable | TokenRejected | None = None
     logged_key: tuple[str, str] | None = None
+    renew_now: bool = False
+    """The tenant's credential changed: get a token with the new one at once."""
+
+
+def _retry_cap(poll_interval: float | None) -> float:
+    # Without a token, a tenant's polls wait for the refresher: retrying about twice per
+    # shortest poll interval brings them back within one interval of the platform's return.
+    return min(30.0, max(1.0, (poll_interval or 60.0) / 2))
 
 
 def usable_until(token: AccessToken) -> float:
@@ -69,12 +77,7 @@ class TokenRefresher:
         intervals = poll_intervals or {}
         self._source = source
         self._log = log
-        # Without a token, a tenant's polls wait for the refresher: retrying about twice per
-        # shortest poll interval brings them back within one interval of the platform's return.
-        self._tenants = {
-            name: _Tenant(name, min(30.0, max(1.0, intervals.get(name, 60.0) / 2)))
-            for name in tenants
-        }
+        self._tenants = {name: _Tenant(name, _retry_cap(intervals.get(name))) for name in tenants}
         self._on_recovered: list[Callable[[str], None]] = []
         self._fraction = refresh_fraction
         self._clock = clock
@@ -82,6 +85,29 @@ class TokenRefresher:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def set_tenants(
+        self,
+        tenants: Sequence[str],
+        *,
+        poll_intervals: Mapping[str, float] | None = None,
+        renew: Collection[str] = (),
+    ) -> None:
+        """The tenants changed while running (a reload): keep the tokens of those that stay,
+        add and drop the others, and renew the tokens of ``renew`` (a changed credential) at
+        once. Until a renewed token arrives polls go on with the current one."""
+        intervals = poll_intervals or {}
+        current = self._tenants
+        updated: dict[str, _Tenant] = {}
+        for name in tenants:
+            state = current.get(name) or _Tenant(name, _retry_cap(intervals.get(name)))
+            state.retry_cap_expired = _retry_cap(intervals.get(name))
+            if name in renew and name in current:
+                state.renew_now = True
+                state.failures, state.next_attempt, state.logged_key = 0, 0.0, None
+            updated[name] = state
+        self._tenants = updated  # replaced whole: the refresher thread iterates a snapshot
+        self._wake.set()
 
     def when_recovered(self, callback: Callable[[str], None]) -> None:
         """Call ``callback(tenant)`` whenever a tenant without a valid token gets one."""
@@ -105,7 +131,9 @@ class TokenRefresher:
     # -- the provider ---------------------------------------------------------------------
     def token(self, tenant: str) -> AccessToken:
         """The tenant's current token; a network request only when none is valid."""
-        state = self._tenants[tenant]
+        state = self._tenants.get(tenant)
+        if state is None:
+            raise TokenUnavailable(f"tenant {tenant} is no longer configured")
         current = state.token
         if current is not None and self._clock() < usable_until(current):
             return current
@@ -124,14 +152,16 @@ class TokenRefresher:
 
     def report_expired(self, tenant: str, token: AccessToken) -> None:
         """The server ended a session for an expired token: renew now, not at 2/3."""
-        state = self._tenants[tenant]
-        if state.token is token:
+        state = self._tenants.get(tenant)
+        if state is not None and state.token is token:
             state.token = None
             state.next_attempt = 0.0
             self._wake.set()
 
     # -- refreshing -----------------------------------------------------------------------
     def _due(self, state: _Tenant) -> float:
+        if state.renew_now and not state.failures:
+            return 0.0
         if state.failures:
             return state.next_attempt
         if state.token is None:
@@ -168,6 +198,7 @@ class TokenRefresher:
         except TokenRejected as exc:
             self._failed(state, exc, retry_after=None)
             raise
+        state.renew_now = False
         recovered = state.failures > 0 or state.token is None
         if state.failures:
             self._log.info("token obtained again", tenant=state.name, failures=state.failures)

@@ -53,6 +53,8 @@ class PooledSession:
     commands_at_checkout: int = 0
     switch_fraction: float = 0.0
     """Where in the window between a newer token and the old one's end this session moves."""
+    generation: int = 0
+    """The tenant's generation when the session opened: ``close_tenant`` retires older ones."""
 
     def untouched(self) -> bool:
         """No command completed since checkout: a failure now means the session was stale."""
@@ -98,6 +100,7 @@ class SessionPool:
         self._idle: OrderedDict[str, PooledSession] = OrderedDict()
         self._open: Counter[str] = Counter()
         """Open sessions per tenant, idle and checked out."""
+        self._generation: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._closed = False
 
@@ -111,7 +114,8 @@ class SessionPool:
         with self._lock:
             pooled = self._idle.pop(address, None)
         if pooled is not None:
-            if pooled.tenant == tenant and self._usable(pooled, token):
+            current = pooled.generation == self._generation[tenant]
+            if pooled.tenant == tenant and current and self._usable(pooled, token):
                 pooled.reused = True
                 pooled.commands_at_checkout = pooled.session.commands_completed
                 return pooled
@@ -131,14 +135,20 @@ class SessionPool:
             raise
         self._on_login(tenant, True)
         return PooledSession(
-            address, tenant, session, token, switch_fraction=self._rng.uniform(0.0, 1.0)
+            address,
+            tenant,
+            session,
+            token,
+            switch_fraction=self._rng.uniform(0.0, 1.0),
+            generation=self._generation[tenant],
         )
 
     def checkin(self, pooled: PooledSession) -> None:
         """Keep the session for the mailbox's next poll (closes the LRU ones past the bound)."""
         evicted: list[PooledSession] = []
         with self._lock:
-            if self._closed or self._max_open == 0:
+            retired = pooled.generation != self._generation[pooled.tenant]
+            if self._closed or self._max_open == 0 or retired:
                 evicted.append(pooled)
             else:
                 previous = self._idle.pop(pooled.address, None)
@@ -157,6 +167,19 @@ class SessionPool:
         self._close(pooled)
 
     # -- the runtime's view -----------------------------------------------------------------
+    def set_max_open(self, max_open: int) -> None:
+        """A new bound (a reload); idle sessions past it are closed, least recently used first."""
+        if max_open < 0:
+            raise ValueError("max_open must be at least 0")
+        closing: list[PooledSession] = []
+        with self._lock:
+            self._max_open = max_open
+            excess = sum(self._open.values()) - max_open
+            while excess > 0 and self._idle:
+                closing.append(self._idle.popitem(last=False)[1])
+                excess -= 1
+        self._close_many(closing)
+
     def close_mailbox(self, address: str) -> None:
         """Close the mailbox's idle session, if it has one (a removed mailbox)."""
         with self._lock:
@@ -165,8 +188,10 @@ class SessionPool:
             self._close(pooled)
 
     def close_tenant(self, tenant: str) -> int:
-        """Close every idle session of ``tenant`` (its credential or server changed)."""
+        """Close every idle session of ``tenant`` (its server changed, or it was removed);
+        sessions in use are closed when their poll ends."""
         with self._lock:
+            self._generation[tenant] += 1
             mine = [a for a, p in self._idle.items() if p.tenant == tenant]
             closing = [self._idle.pop(a) for a in mine]
         self._close_many(closing)

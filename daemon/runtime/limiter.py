@@ -22,6 +22,19 @@ class TenantLimiter:
         self._waiting: defaultdict[str, deque[str]] = defaultdict(deque)
         self._lock = threading.Lock()
 
+    def set_limit(self, per_tenant: int) -> dict[str, list[str]]:
+        """A new bound; returns, per tenant, the waiting keys a raised bound let in now."""
+        if per_tenant < 1:
+            raise ValueError("the per-tenant bound must be at least 1")
+        admitted: dict[str, list[str]] = {}
+        with self._lock:
+            self._limit = per_tenant
+            for tenant, line in self._waiting.items():
+                while line and self._active[tenant] < per_tenant:
+                    self._active[tenant] += 1
+                    admitted.setdefault(tenant, []).append(line.popleft())
+        return admitted
+
     def acquire(self, tenant: str, key: str) -> bool:
         """Take a slot now (True), or join the tenant's line (False; once per key)."""
         with self._lock:

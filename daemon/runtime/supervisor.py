@@ -206,6 +206,19 @@ class Runtime:
         # Another tenant: the session (logged in for the old one) must go.
         return settings.tenant != old.tenant and not entry.running
 
+    def set_tenant_limit(self, per_tenant: int) -> None:
+        """``limits.max_concurrent_polls_per_tenant`` changed; a raised bound applies at once."""
+        with self._lock:
+            for tenant, addresses in self._limiter.set_limit(per_tenant).items():
+                for address in addresses:
+                    entry = self._mailboxes.get(address)
+                    if entry is None or entry.removed:
+                        self._pass_slot(tenant)
+                        continue
+                    entry.waiting = False
+                    entry.has_slot = True
+                    self._arm(entry)
+
     # -- polls --------------------------------------------------------------------------------
     def _arm(self, entry: _Mailbox) -> None:
         """Arm the mailbox's next poll at its due time; the caller holds the lock."""

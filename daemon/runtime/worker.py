@@ -74,6 +74,10 @@ class MailboxWorker:
             raise
         self._metrics.poll_finished(mailbox.tenant, "success", time.monotonic() - started)
 
+    def set_batch_size(self, batch_size: int) -> None:
+        """``limits.fetch_batch_size`` changed: polls that start from now on use it."""
+        self._sync = MailboxSync(self._store, batch_size=batch_size)
+
     def forget(self, address: str) -> None:
         """The mailbox no longer runs here: close its session, drop what is remembered of it."""
         self._sessions.close_mailbox(address)

@@ -31,6 +31,8 @@ SPEC_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "mailsyncd_db_write_duration_seconds": ("histogram", ()),
     "mailsyncd_build_info": ("gauge", ("version",)),
     "mailsyncd_imap_sessions_open": ("gauge", ("tenant",)),
+    "mailsyncd_config_last_reload_successful": ("gauge", ()),
+    "mailsyncd_config_last_reload_success_timestamp_seconds": ("gauge", ()),
 }
 EXTRA_GAUGES = (
     "mailsyncd_polls_in_flight",
@@ -390,3 +392,29 @@ def test_gauges_record_what_they_are_given(
 
     metrics.set_oldest_success(None)
     assert _value(registry, "mailsyncd_oldest_successful_poll_timestamp_seconds") == 0.0
+
+
+def test_a_tenant_added_by_a_reload_is_exported_at_zero_like_the_others(
+    make_metrics: Callable[..., tuple[Metrics, CollectorRegistry]],
+) -> None:
+    metrics, registry = make_metrics()
+    metrics.add_tenant("tailspin")
+    metrics.add_tenant("tailspin")  # idempotent
+    assert metrics.tenants.count("tailspin") == 1
+    for reason in REASONS:
+        assert (
+            _value(registry, "mailsyncd_poll_failures_total", tenant="tailspin", reason=reason) == 0
+        )
+    assert _value(registry, "mailsyncd_imap_sessions_open", tenant="tailspin") == 0
+
+
+def test_a_rejected_reload_sets_the_gauge_to_0_and_keeps_the_last_success_time(
+    make_metrics: Callable[..., tuple[Metrics, CollectorRegistry]],
+) -> None:
+    metrics, registry = make_metrics()
+    metrics.config_reloaded(True, 1000.0)
+    metrics.config_reloaded(False, 2000.0)
+    assert _value(registry, "mailsyncd_config_last_reload_successful") == 0
+    assert _value(registry, "mailsyncd_config_last_reload_success_timestamp_seconds") == 1000.0
+    metrics.config_reloaded(True, 3000.0)
+    assert _value(registry, "mailsyncd_config_last_reload_successful") == 1

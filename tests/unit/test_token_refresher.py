@@ -210,3 +210,26 @@ def test_a_retry_never_falls_after_the_token_stops_being_usable(world) -> None:
         clock.now += wait
     # The last try came exactly as the token ran out, not minutes after.
     assert clock.now == pytest.approx(usable)
+
+
+def test_set_tenants_keeps_tokens_adds_and_drops_tenants_and_renews_a_changed_credential(
+    world: tuple[Clock, Source, Log, TokenRefresher],
+) -> None:
+    clock, source, _, refresher = world
+    first = refresher.token("contoso")
+    refresher.set_tenants(["contoso", "fabrikam"])
+    assert refresher.token("contoso") is first  # kept: no request
+    assert refresher.token("fabrikam").value != first.value
+    calls = source.calls
+    refresher.set_tenants(["contoso"], renew={"contoso"})
+    with pytest.raises(TokenUnavailable):
+        refresher.token("fabrikam")
+    # Until the renewed token arrives, polls go on with the current one.
+    assert refresher.token("contoso") is first
+    assert refresher.refresh_due() >= 0
+    assert source.calls == calls + 1
+    renewed = refresher.token("contoso")
+    assert renewed is not first
+    clock.now += 1
+    assert refresher.refresh_due() > 30  # not renewed again: next at 2/3 of its lifetime
+    assert refresher.token("contoso") is renewed
