@@ -42,6 +42,7 @@ from daemon.runtime.reload import LiveConfig, Reloader, ReloadTargets
 from daemon.runtime.supervisor import Runtime
 from daemon.runtime.timer import ApschedulerTimer
 from daemon.runtime.worker import MailboxWorker
+from daemon.status import replica_id
 from daemon.store.engine import create_engine_for
 from daemon.store.migrate import is_at_head
 from daemon.store.migrate import migrate as run_migrations
@@ -212,6 +213,7 @@ class Daemon:
         if not parts.runtime.stop(timeout=SHUTDOWN_POLLS_TIMEOUT):
             self.log.warning("polls still running at shutdown; uncommitted batches are redone")
         parts.sessions.close_all(deadline=SHUTDOWN_SESSIONS_TIMEOUT)
+        parts.runtime.save_statuses()  # the last polls' outcomes
         parts.tokens.stop()
         parts.http.stop()
         parts.engine.dispose()
@@ -269,6 +271,7 @@ class Daemon:
             log=log,
             batch_size=limits.fetch_batch_size,
         )
+        owner = replica_id()
         runtime = Runtime(
             poller=worker,
             timer=ApschedulerTimer(workers=limits.max_concurrent_polls, log=log),
@@ -277,6 +280,8 @@ class Daemon:
             log=log,
             clock=time.time,
             rng=rng,
+            owner=owner,
+            save_statuses=store.save_statuses,
         )
         tokens.when_recovered(runtime.wake_tenant)
 
@@ -322,5 +327,15 @@ class Daemon:
             log=log,
             clock=time.time,
         )
-        http = HealthServer(config.http.listen, registry, runtime.alive, _Readiness(store, engine))
+
+        def status() -> dict[str, object]:
+            return {"replica": owner, "mailboxes": [s.to_json() for s in runtime.statuses()]}
+
+        http = HealthServer(
+            config.http.listen,
+            registry,
+            runtime.alive,
+            _Readiness(store, engine),
+            status=status,
+        )
         return _Parts(engine, metrics, registry, tokens, sessions, runtime, http, reloader)

@@ -1,4 +1,5 @@
-"""Command line of mailsyncd: run, validate, migrate, check (exit codes as the SPEC lists them)."""
+"""Command line of mailsyncd: run, validate, migrate, check, status (exit codes as the SPEC
+lists them)."""
 
 from __future__ import annotations
 
@@ -59,6 +60,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="time bound of each network step (default: 10)",
     )
+    status = with_config(
+        "status",
+        "print the state of every mailbox as the replicas last saved it in the database "
+        "(view mailbox_status); exit 0, or 1 when the database cannot be read",
+    )
+    status.add_argument(
+        "--mailbox",
+        metavar="ADDR",
+        action="append",
+        default=[],
+        help="only this mailbox (repeatable, any case; default: every mailbox)",
+    )
+    status.add_argument(
+        "--json", action="store_true", help='print one JSON document: {"mailboxes": [...]}'
+    )
     return parser
 
 
@@ -87,5 +103,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "validate": commands.validate,
         "migrate": commands.migrate,
         "check": commands.check,
+        "status": commands.status,
     }[args.command]
     return handler(args)

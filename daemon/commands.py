@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
 import os
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from daemon.config import CONFIG_ENV_VAR, Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from daemon.status import MailboxStatus
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_BAD_CONFIG = 2
 
 
-def _load(args: argparse.Namespace) -> Config | None:
+def _load(args: argparse.Namespace, *, check_secrets: bool = True) -> Config | None:
     try:
-        return load_config(args.config)
+        return load_config(args.config, check_secrets=check_secrets)
     except ConfigError as exc:
         print(f"mailsyncd: invalid configuration ({len(exc.errors)} error(s)):", file=sys.stderr)
         for issue in exc.errors:
@@ -111,3 +118,91 @@ def check(args: argparse.Namespace) -> int:
     else:
         print(format_summary(steps))
     return EXIT_FAILURE if any(step.status == "fail" for step in steps) else EXIT_OK
+
+
+def status(args: argparse.Namespace) -> int:
+    """``mailsyncd status``: the view ``mailbox_status``; 0, 1 database unreadable, 2 bad config.
+
+    Reads only: no migration, and a SQLite file that does not exist is not created.
+    """
+    # Secrets are not needed to read the database: status works where they are not mounted.
+    config = _load(args, check_secrets=False)
+    if config is None:
+        return EXIT_BAD_CONFIG
+    from daemon.status import format_table, merge  # noqa: PLC0415
+
+    wanted = list(dict.fromkeys(address.strip().lower() for address in args.mailbox))
+    try:
+        statuses, note = _read_statuses(config.database_url, wanted or None)
+    except _Unreadable as exc:
+        print(f"mailsyncd: cannot read mailbox status from the database: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    configured = [
+        (m.address, m.tenant) for m in config.mailboxes if not wanted or m.address in wanted
+    ]
+    rows = merge(statuses, configured)
+    if note:
+        print(f"mailsyncd: {note}", file=sys.stderr)
+    shown = {row.mailbox for row in rows}
+    for address in wanted:
+        if address not in shown:
+            print(
+                f"mailsyncd: {address}: not configured and no status in the database",
+                file=sys.stderr,
+            )
+    if args.json:
+        document = {"mailboxes": [row.to_json() for row in rows]}
+        json.dump(document, sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+    elif rows:
+        print(format_table(rows, dt.datetime.now(dt.UTC)))
+    else:
+        print("no mailboxes configured and none in the database")
+    return EXIT_OK
+
+
+class _Unreadable(Exception):
+    """The database could not be read; the message is one line without the URL."""
+
+
+def _read_statuses(url: str, wanted: list[str] | None) -> tuple[list[MailboxStatus], str | None]:
+    """The stored statuses (all, or those of ``wanted``) and a note for the operator, if any."""
+    from daemon.errors import MailsyncError  # noqa: PLC0415
+    from daemon.store.engine import create_engine_for  # noqa: PLC0415
+    from daemon.store.migrate import current_revision, head_revision  # noqa: PLC0415
+    from daemon.store.repository import SqlStore  # noqa: PLC0415
+
+    missing = _missing_sqlite_file(url)
+    if missing is not None:
+        raise _Unreadable(f"SQLite file {missing} does not exist")
+    engine = create_engine_for(url, pool_size=1, max_overflow=0)
+    revision: str | None = None
+    try:
+        try:
+            revision = current_revision(engine)
+            if revision is None:
+                return [], "the database has no mailsyncd schema yet (mailsyncd run creates it)"
+            return SqlStore(engine).load_statuses(wanted), None
+        except MailsyncError as exc:
+            head = head_revision()
+            if revision is None or revision == head:
+                raise _Unreadable(str(exc)) from exc
+            raise _Unreadable(
+                f"{exc} (schema at revision {revision}, this mailsyncd expects {head}: "
+                "run mailsyncd migrate -c FILE)"
+            ) from exc
+    finally:
+        engine.dispose()
+
+
+def _missing_sqlite_file(url: str) -> str | None:
+    """The path of a SQLite URL whose file does not exist (opening it would create it)."""
+    from sqlalchemy.engine import make_url  # noqa: PLC0415
+
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in {"", ":memory:"}:
+        return None
+    if database.startswith("file:") or Path(database).expanduser().exists():
+        return None
+    return database

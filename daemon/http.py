@@ -1,9 +1,10 @@
-"""The operator's HTTP port: ``/metrics``, ``/healthz`` and ``/readyz`` (SPEC "HTTP endpoints").
+"""The operator's HTTP port: ``/metrics``, ``/healthz``, ``/readyz`` and ``/status`` (SPEC
+"HTTP endpoints").
 
 A stdlib ``ThreadingHTTPServer`` on a daemon thread: a scrape or a probe never waits for a
 poll, and a stuck client never blocks shutdown. The server knows nothing about the daemon:
-the composition root passes the registry and two callables that answer liveness and
-readiness.
+the composition root passes the registry and the callables that answer liveness, readiness
+and, optionally, the status of the mailboxes this replica owns.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
 from typing import Any, Final
@@ -28,6 +29,7 @@ from daemon.logging import get_logger
 _log = get_logger(__name__)
 
 READINESS_FAILED: Final = "readiness check failed"
+STATUS_FAILED: Final = "status unavailable"
 _JSON: Final = "application/json"
 _TEXT: Final = "text/plain; charset=utf-8"
 # serve_forever() checks for shutdown this often; it bounds how long stop() takes.
@@ -66,11 +68,14 @@ class _Server(ThreadingHTTPServer):
         registry: CollectorRegistry,
         health: Callable[[], bool],
         readiness: Callable[[], list[str]],
+        *,
+        status: Callable[[], Mapping[str, object]] | None,
     ) -> None:
         self.address_family = family
         self.registry = registry
         self.health = health
         self.readiness = readiness
+        self.status = status
         super().__init__(address, _Handler)
 
     def server_bind(self) -> None:
@@ -132,6 +137,8 @@ class _Handler(BaseHTTPRequestHandler):
             if reasons:
                 body["reasons"] = reasons
             self._send_json(503 if reasons else 200, body, send_body)
+        elif path == "/status" and self.server.status is not None:
+            self._status(self.server.status, send_body)
         else:
             self._send(404, _TEXT, b"not found\n", send_body=send_body)
 
@@ -142,10 +149,23 @@ class _Handler(BaseHTTPRequestHandler):
             _log.exception("metrics_render_failed")
             self._send(500, _TEXT, b"metrics unavailable\n", send_body=send_body)
             return
+        self._send_compressible(CONTENT_TYPE_LATEST, payload, send_body)
+
+    def _status(self, status: Callable[[], Mapping[str, object]], send_body: bool) -> None:
+        try:
+            payload = json.dumps(dict(status())).encode() + b"\n"
+        except Exception:  # noqa: BLE001 - a failing callable must not kill the handler
+            _log.exception("status_render_failed")
+            self._send_json(500, {"error": STATUS_FAILED}, send_body)
+            return
+        # Thousands of mailboxes make a few megabytes of JSON; gzip takes it to a tenth.
+        self._send_compressible(_JSON, payload, send_body)
+
+    def _send_compressible(self, content_type: str, payload: bytes, send_body: bool) -> None:
         encoding = None
         if "gzip" in self.headers.get("Accept-Encoding", ""):
             payload, encoding = gzip.compress(payload), "gzip"
-        self._send(200, CONTENT_TYPE_LATEST, payload, send_body=send_body, encoding=encoding)
+        self._send(200, content_type, payload, send_body=send_body, encoding=encoding)
 
     def _alive(self) -> bool:
         try:
@@ -201,7 +221,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class HealthServer:
-    """Serves metrics and probes on ``listen`` from a daemon thread until ``stop()``."""
+    """Serves metrics, probes and status on ``listen`` from a daemon thread until ``stop()``."""
 
     def __init__(
         self,
@@ -209,11 +229,15 @@ class HealthServer:
         registry: CollectorRegistry,
         health: Callable[[], bool],
         readiness: Callable[[], list[str]],
+        *,
+        status: Callable[[], Mapping[str, object]] | None = None,
     ) -> None:
+        """``status`` returns the JSON document of ``GET /status``; without it that is 404."""
         self._host, self._port = parse_listen(listen)
         self._registry = registry
         self._health = health
         self._readiness = readiness
+        self._status = status
         self._lock = threading.Lock()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -245,6 +269,7 @@ class HealthServer:
                 self._registry,
                 self._health,
                 self._readiness,
+                status=self._status,
             )
             self._port = server.server_port
             thread = threading.Thread(

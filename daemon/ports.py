@@ -138,8 +138,14 @@ class TokenProvider(Protocol):
 class Poller(Protocol):
     """Polls one mailbox (every folder) and remembers what it needs between polls."""
 
-    def poll(self, mailbox: MailboxSettings, should_stop: Callable[[], bool]) -> None:
-        """One poll; raises the failure that ended it. Stops early when ``should_stop()``."""
+    def poll(
+        self,
+        mailbox: MailboxSettings,
+        should_stop: Callable[[], bool],
+        progress: Callable[[int], None],
+    ) -> None:
+        """One poll; raises the failure that ended it. Stops early when ``should_stop()``;
+        ``progress(n)``: n new messages are still to fetch (0 when done)."""
         ...
 
     def forget(self, address: str) -> None:

@@ -19,24 +19,28 @@ finishing poll of that tenant hands its slot over.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from daemon.config import MailboxSettings
-from daemon.errors import MailsyncError, PermanentError, TokenExpiredOnServer, error_fields
+from daemon.errors import MailsyncError, PermanentError, Reason, TokenExpiredOnServer, error_fields
 from daemon.logging import Logger
 from daemon.metrics import Metrics
 from daemon.ports import Clock, Jitter, Poller, Timer
 from daemon.runtime.limiter import TenantLimiter
+from daemon.status import MailboxStatus
 from daemon.sync import schedule
 from daemon.sync.schedule import STATES, Failure, MailboxState, Schedule
 
 HOUSEKEEPING_SECONDS: Final = 5.0
+"""Also how often changed mailbox statuses are saved, in one transaction."""
+MAX_ERROR_TEXT: Final = 2048
 HOUSEKEEPING_KEY: Final = "__housekeeping__"
 
 
@@ -52,6 +56,29 @@ class _Mailbox:
     removed: bool = False
     """No longer wanted; a running poll drains and the entry goes when it ends."""
     last_failure_key: tuple[str, str] | None = None
+    last_poll_at: float | None = None
+    last_error: tuple[Reason, str, str | None] | None = None
+    """reason, message, hint of the last failure; None after a success."""
+    remaining: int = 0
+    """New messages its current or last poll still had to fetch."""
+    dirty: bool = True
+    """Its status changed since it was last saved."""
+
+    def status(self, owner: str | None) -> MailboxStatus:
+        error = self.last_error
+        return MailboxStatus(
+            mailbox=self.settings.address,
+            tenant=self.settings.tenant,
+            state="removed" if self.removed else self.schedule.state,
+            owner=None if self.removed else owner,
+            last_poll_at=_utc(self.last_poll_at),
+            last_success_at=_utc(self.schedule.last_success),
+            consecutive_failures=self.schedule.failures,
+            last_error_reason=error[0] if error else None,
+            last_error=error[1][:MAX_ERROR_TEXT] if error else None,
+            hint=error[2] if error else None,
+            initial_sync_remaining=self.remaining,
+        )
 
 
 @dataclass(frozen=True)
@@ -75,6 +102,8 @@ class Runtime:
         clock: Clock,
         rng: Jitter,
         monotonic: Clock = time.monotonic,
+        owner: str | None = None,
+        save_statuses: Callable[[Sequence[MailboxStatus]], None] | None = None,
     ) -> None:
         self._poller = poller
         self._timer = timer
@@ -84,6 +113,10 @@ class Runtime:
         self._clock = clock
         self._rng = rng
         self._monotonic = monotonic
+        self._owner = owner
+        self._save_statuses = save_statuses
+        self._gone: list[MailboxStatus] = []
+        """Statuses of removed mailboxes not saved yet."""
         self._mailboxes: dict[str, _Mailbox] = {}
         self._wakes: Counter[str] = Counter()
         """Per tenant: how often its token came back (a poll failing meanwhile is not parked)."""
@@ -142,6 +175,7 @@ class Runtime:
                     # Removed and wanted again while its last poll drains: it continues.
                     known.removed = False
                     known.settings = settings
+                    known.dirty = True
                     updated.append(address)
                 elif known.settings != settings:
                     if self._update(known, settings, now):
@@ -170,6 +204,7 @@ class Runtime:
     def _remove(self, entry: _Mailbox) -> bool:
         """Stop the mailbox; True when it can be forgotten now (no poll running)."""
         entry.removed = True
+        self._gone.append(entry.status(None))
         address = entry.settings.address
         self._timer.cancel(address)
         if entry.waiting:
@@ -186,6 +221,7 @@ class Runtime:
         """New settings from the next poll on; True when its session must close (disabled)."""
         old = entry.settings
         entry.settings = settings
+        entry.dirty = True
         if old.enabled and not settings.enabled:
             entry.schedule = schedule.first(settings.poll_interval, now, self._rng, enabled=False)
             self._timer.cancel(settings.address)
@@ -247,9 +283,14 @@ class Runtime:
         def should_stop() -> bool:
             return self._stopping.is_set() or entry.removed
 
+        def progress(remaining: int) -> None:
+            with self._lock:
+                entry.remaining = remaining
+                entry.dirty = True
+
         failure: Exception | None = None
         try:
-            self._poller.poll(settings, should_stop)
+            self._poller.poll(settings, should_stop, progress)
         except Exception as exc:  # noqa: BLE001 - every failure is classified and retried
             failure = exc
         self._finished(entry, settings, failure, woken=self._wakes[tenant] != wakes)
@@ -267,6 +308,17 @@ class Runtime:
         previous = entry.schedule
         with self._lock:
             entry.running = False
+            entry.last_poll_at = now
+            entry.dirty = True
+            if exc is None:
+                entry.last_error = None
+            else:
+                fields = error_fields(exc)
+                entry.last_error = (
+                    exc.reason if isinstance(exc, MailsyncError) else "other",
+                    str(fields["error"]),
+                    str(fields["hint"]) if "hint" in fields else None,
+                )
             self._pass_slot(tenant)
             if entry.removed:
                 self._mailboxes.pop(address, None)
@@ -349,9 +401,38 @@ class Runtime:
         if woken:
             self._log.info("token available again; polling", tenant=tenant, mailboxes=woken)
 
+    # -- status -------------------------------------------------------------------------------
+    def statuses(self) -> list[MailboxStatus]:
+        """The status of every mailbox running here (``/status``)."""
+        with self._lock:
+            live = [m for m in self._mailboxes.values() if not m.removed]
+            return [m.status(self._owner) for m in sorted(live, key=lambda m: m.settings.address)]
+
+    def save_statuses(self) -> None:
+        """Save the statuses that changed since the last save, in one transaction."""
+        if self._save_statuses is None:
+            return
+        with self._lock:
+            changed = [m for m in self._mailboxes.values() if m.dirty and not m.removed]
+            rows = [*self._gone, *(m.status(self._owner) for m in changed)]
+            gone, self._gone = self._gone, []
+            for entry in changed:
+                entry.dirty = False
+        if not rows:
+            return
+        try:
+            self._save_statuses(rows)
+        except MailsyncError as exc:
+            with self._lock:  # saved with the next batch
+                self._gone[:0] = gone
+                for entry in changed:
+                    entry.dirty = True
+            self._log.debug("mailbox statuses not saved; retried", **error_fields(exc))
+
     # -- housekeeping -------------------------------------------------------------------------
     def _housekeeping(self) -> None:
         self._heartbeat = self._monotonic()
+        self.save_statuses()
         with self._lock:
             live = [m for m in self._mailboxes.values() if not m.removed]
             counts = Counter(m.schedule.state for m in live)
@@ -377,3 +458,7 @@ def _failure(exc: Exception, token_returned: bool) -> Failure:
             token_returned=token_returned,
         )
     return Failure(reason="other", token_returned=token_returned)
+
+
+def _utc(epoch: float | None) -> dt.datetime | None:
+    return None if epoch is None else dt.datetime.fromtimestamp(epoch, dt.UTC)

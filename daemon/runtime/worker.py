@@ -60,12 +60,17 @@ class MailboxWorker:
         self._missing: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
-    def poll(self, mailbox: MailboxSettings, should_stop: Callable[[], bool]) -> None:
+    def poll(
+        self,
+        mailbox: MailboxSettings,
+        should_stop: Callable[[], bool],
+        progress: Callable[[int], None] = lambda _remaining: None,
+    ) -> None:
         """Poll every folder of ``mailbox``; raises the failure that ended the poll."""
         started = time.monotonic()
         try:
             with self._metrics.track_poll(mailbox.tenant):
-                self._poll(mailbox, should_stop)
+                self._poll(mailbox, should_stop, _Progress(progress))
         except BaseException as exc:
             reason = exc.reason if isinstance(exc, MailsyncError) else "other"
             self._metrics.poll_finished(
@@ -89,7 +94,9 @@ class MailboxWorker:
             count = len(self._missing)
         self._metrics.set_folders_missing(count)
 
-    def _poll(self, mailbox: MailboxSettings, should_stop: Callable[[], bool]) -> None:
+    def _poll(
+        self, mailbox: MailboxSettings, should_stop: Callable[[], bool], progress: _Progress
+    ) -> None:
         mailbox_id = self._mailbox_id(mailbox)
         while True:
             token = self._tokens.token(mailbox.tenant)
@@ -99,7 +106,7 @@ class MailboxWorker:
                 return self._token_ending(tenant, used)
 
             pooled = self._sync_session(
-                mailbox, mailbox_id, pooled, lambda: should_stop() or token_ending()
+                mailbox, mailbox_id, pooled, lambda: should_stop() or token_ending(), progress
             )
             self._sessions.checkin(pooled)
             if should_stop() or not token_ending():
@@ -128,13 +135,14 @@ class MailboxWorker:
         mailbox_id: int,
         pooled: PooledSession,
         should_stop: Callable[[], bool],
+        progress: _Progress,
     ) -> PooledSession:
         """Sync every folder on ``pooled``; returns the session the poll ended on.
 
         On failure the session is discarded (or kept, for failures that leave it intact).
         """
         try:
-            pooled = self._sync_with_retry(mailbox, mailbox_id, pooled, should_stop)
+            pooled = self._sync_with_retry(mailbox, mailbox_id, pooled, should_stop, progress)
         except TokenExpiredOnServer:
             self._sessions.discard(pooled)
             self._tokens.report_expired(mailbox.tenant, pooled.token)
@@ -153,10 +161,18 @@ class MailboxWorker:
         mailbox_id: int,
         pooled: PooledSession,
         should_stop: Callable[[], bool],
+        progress: _Progress,
     ) -> PooledSession:
         states = self._folder_states(mailbox.address, mailbox_id)
         try:
-            self._sync_folders(mailbox, mailbox_id, pooled, states, should_stop)
+            self._sync_folders(
+                mailbox,
+                mailbox_id,
+                pooled,
+                states=states,
+                should_stop=should_stop,
+                progress=progress,
+            )
         except STALE as exc:
             if not (pooled.reused and pooled.untouched()):
                 raise
@@ -174,7 +190,14 @@ class MailboxWorker:
                 self._tokens.report_expired(mailbox.tenant, token)
                 token = self._tokens.token(mailbox.tenant)
             pooled = self._sessions.open(mailbox.address, mailbox.tenant, token)
-            self._sync_folders(mailbox, mailbox_id, pooled, states, should_stop)
+            self._sync_folders(
+                mailbox,
+                mailbox_id,
+                pooled,
+                states=states,
+                should_stop=should_stop,
+                progress=progress,
+            )
         return pooled
 
     def _folder_states(self, address: str, mailbox_id: int) -> Mapping[str, FolderState]:
@@ -212,15 +235,22 @@ class MailboxWorker:
         mailbox: MailboxSettings,
         mailbox_id: int,
         pooled: PooledSession,
+        *,
         states: Mapping[str, FolderState],
         should_stop: Callable[[], bool],
+        progress: _Progress,
     ) -> None:
         for folder in mailbox.folders:
             job = FolderJob(mailbox_id, folder, mailbox.full_scan_interval, mailbox.backfill_days)
             result = FolderResult(folder)
             try:
                 self._sync.sync_folder(
-                    pooled.session, job, states.get(folder), result, should_stop=should_stop
+                    pooled.session,
+                    job,
+                    states.get(folder),
+                    result,
+                    should_stop=should_stop,
+                    progress=progress.folder(folder),
                 )
             except BaseException as exc:
                 self._drop_states(mailbox.address)
@@ -282,3 +312,19 @@ class MailboxWorker:
             self._log.info("poll", **fields)
         else:
             self._log.debug("poll", **fields)
+
+
+class _Progress:
+    """Sums what each folder of a poll still has to fetch into one figure for the mailbox."""
+
+    def __init__(self, report: Callable[[int], None]) -> None:
+        self._report = report
+        self._left: dict[str, int] = {}
+
+    def folder(self, name: str) -> Callable[[int], None]:
+        def update(remaining: int) -> None:
+            if self._left.get(name, 0) != remaining:
+                self._left[name] = remaining
+                self._report(sum(self._left.values()))
+
+        return update

@@ -1,7 +1,7 @@
 """Tables of the store (SQLAlchemy Core), shared by the repository and the migration test.
 
-The public read surface is the view ``message_metadata`` (created by the migrations); these
-tables are internal and free to change with a new migration.
+The public read surfaces are the views ``message_metadata`` and ``mailbox_status`` (created by
+the migrations); these tables are internal and free to change with a new migration.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
+
+from daemon.status import STATUS_STATES
 
 UTC = dt.UTC
 
@@ -156,4 +158,52 @@ VIEW_COLUMNS: tuple[str, ...] = (
     "flags",
     "first_seen_at",
     "deleted_at",
+)
+
+# -- mailbox status (SPEC "Mailbox status") ---------------------------------------------------
+
+# The runtime state of a mailbox, one row per mailbox that a replica has reported on; the
+# address and tenant come from ``mailboxes``, so a reported mailbox always has a row there.
+mailbox_states = sa.Table(
+    "mailbox_states",
+    metadata,
+    sa.Column(
+        "mailbox_id",
+        sa.Integer,
+        sa.ForeignKey("mailboxes.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("owner", sa.String(255), nullable=True),
+    sa.Column("last_poll_at", UTCDateTime, nullable=True),
+    sa.Column("last_success_at", UTCDateTime, nullable=True),
+    sa.Column("consecutive_failures", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("last_error_reason", sa.String(16), nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("hint", sa.Text, nullable=True),
+    sa.Column("initial_sync_remaining", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    # When a replica last wrote the row: tells a stale row (its owner gone) from a quiet one.
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.CheckConstraint(
+        "state IN (" + ", ".join(f"'{state}'" for state in STATUS_STATES) + ")", name="state"
+    ),
+)
+
+STATUS_VIEW_NAME = "mailbox_status"
+
+# The view as a selectable with the columns' types, so reads get UTC datetimes on both
+# databases. Not part of ``metadata``: the migrations create the view, autogenerate ignores it.
+mailbox_status_view = sa.table(
+    STATUS_VIEW_NAME,
+    sa.column("mailbox", sa.String),
+    sa.column("tenant", sa.String),
+    sa.column("state", sa.String),
+    sa.column("owner", sa.String),
+    sa.column("last_poll_at", UTCDateTime),
+    sa.column("last_success_at", UTCDateTime),
+    sa.column("consecutive_failures", sa.Integer),
+    sa.column("last_error_reason", sa.String),
+    sa.column("last_error", sa.Text),
+    sa.column("hint", sa.Text),
+    sa.column("initial_sync_remaining", sa.BigInteger),
 )

@@ -70,19 +70,31 @@ class MailboxSync:
         result: FolderResult | None = None,
         *,
         should_stop: Callable[[], bool] | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> FolderResult:
         """Poll one folder; store errors and connection errors propagate to the caller.
 
         Pass ``result`` to keep what was committed before a failure (it is filled as each
-        batch commits), and ``should_stop`` to stop this folder's sync between batches (the
-        engine's own ``should_stop`` otherwise).
+        batch commits), ``should_stop`` to stop this folder's sync between batches (the
+        engine's own ``should_stop`` otherwise), and ``progress`` to learn how many new
+        messages are still to fetch (before each batch, and 0 when the folder is done).
         """
         started = self._monotonic()
         result = result if result is not None else FolderResult(job.folder)
+        report = progress or _ignore
         try:
-            self._sync(client, job, state, result, should_stop or self._should_stop)
+            self._sync(
+                client,
+                job,
+                state,
+                result,
+                should_stop=should_stop or self._should_stop,
+                progress=report,
+            )
         finally:
             result.duration = self._monotonic() - started
+        if result.outcome != "stopped":
+            report(0)  # whatever was left to fetch has been fetched
         return result
 
     def _sync(
@@ -91,7 +103,9 @@ class MailboxSync:
         job: FolderJob,
         state: FolderState | None,
         result: FolderResult,
+        *,
         should_stop: Callable[[], bool],
+        progress: Callable[[int], None],
     ) -> None:
         store = self._store
         now = self._now()
@@ -149,11 +163,15 @@ class MailboxSync:
                 candidates = client.uids_since(plan.fetch_after + 1, since)
             else:
                 candidates = client.uids_from(plan.fetch_after + 1)
-            for batch in batches(new_uids(candidates, plan.fetch_after), self._batch_size):
+            wanted = new_uids(candidates, plan.fetch_after)
+            remaining = len(wanted)
+            for batch in batches(wanted, self._batch_size):
+                progress(remaining)
                 if should_stop():
                     result.outcome = "stopped"
                     return
                 records = client.fetch_records(batch)
+                remaining -= len(batch)
                 last_uid = max(last_uid, *batch)
                 result.wrote = True
                 counts = store.apply(
@@ -208,3 +226,7 @@ class MailboxSync:
             )
             result.updated += counts.updated
             result.deleted += counts.deleted
+
+
+def _ignore(_remaining: int) -> None:
+    """No progress observer."""

@@ -1,4 +1,4 @@
-"""The real HTTP server on a free port: /metrics, /healthz, /readyz, 404, shutdown."""
+"""The real HTTP server on a free port: /metrics, /healthz, /readyz, /status, 404, shutdown."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from email.message import Message
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from daemon.http import READINESS_FAILED, HealthServer, parse_listen
+from daemon.http import READINESS_FAILED, STATUS_FAILED, HealthServer, parse_listen
 from daemon.metrics import Metrics
 
 
@@ -58,11 +58,12 @@ def start_server() -> Iterator[Callable[..., HealthServer]]:
         readiness: Callable[[], list[str]] = list,
         listen: str = "127.0.0.1:0",
         registry: CollectorRegistry | None = None,
+        status: Callable[[], Mapping[str, object]] | None = None,
     ) -> HealthServer:
         if registry is None:
             registry = CollectorRegistry()
             Metrics(registry, ["contoso", "fabrikam"], version="9.9.9")
-        server = HealthServer(listen, registry, health=health, readiness=readiness)
+        server = HealthServer(listen, registry, health=health, readiness=readiness, status=status)
         server.start()
         started.append(server)
         return server
@@ -159,6 +160,94 @@ def test_readyz_turns_a_failing_check_into_503(start_server: Callable[..., Healt
     assert (resp.status, resp.json()) == (503, {"ready": False, "reasons": [READINESS_FAILED]})
 
 
+STATUS_DOCUMENT: dict[str, object] = {
+    "replica": "pod-a",
+    "mailboxes": [
+        {
+            "mailbox": "zoë@contoso.test",
+            "tenant": "contoso",
+            "state": "backoff",
+            "owner": "pod-a",
+            "last_poll_at": "2024-05-01T12:00:00+00:00",
+            "last_success_at": None,
+            "consecutive_failures": 2,
+            "last_error_reason": "connect",
+            "last_error": "connection refused",
+            "hint": None,
+            "initial_sync_remaining": 0,
+        }
+    ],
+}
+
+
+def test_status_returns_the_document_of_the_status_callable(
+    start_server: Callable[..., HealthServer],
+) -> None:
+    calls: list[int] = []
+
+    def status() -> Mapping[str, object]:
+        calls.append(1)
+        return STATUS_DOCUMENT
+
+    server = start_server(status=status)
+
+    first = request(server, "/status")
+    second = request(server, "/status?mailbox=x")
+
+    assert (first.status, first.json()) == (200, STATUS_DOCUMENT)
+    assert first.headers["Content-Type"] == "application/json"
+    assert first.headers["Cache-Control"] == "no-store"
+    assert second.json() == STATUS_DOCUMENT
+    assert len(calls) == 2  # asked afresh on every request, never cached
+
+
+def test_status_is_404_when_the_daemon_gives_no_status(
+    start_server: Callable[..., HealthServer],
+) -> None:
+    server = start_server()
+
+    assert request(server, "/status").status == 404
+    assert request(server, "/status", method="HEAD").status == 404
+
+
+def test_status_head_answers_without_a_body(start_server: Callable[..., HealthServer]) -> None:
+    resp = request(start_server(status=lambda: STATUS_DOCUMENT), "/status", method="HEAD")
+
+    assert resp.status == 200
+    assert resp.body == b""
+    assert int(resp.headers["Content-Length"]) > 0
+
+
+def test_status_is_gzipped_when_the_client_accepts_it(
+    start_server: Callable[..., HealthServer],
+) -> None:
+    server = start_server(status=lambda: STATUS_DOCUMENT)
+
+    resp = request(server, "/status", **{"Accept-Encoding": "gzip"})
+
+    assert resp.headers["Content-Encoding"] == "gzip"
+    assert json.loads(gzip.decompress(resp.body)) == STATUS_DOCUMENT
+
+
+def test_status_is_500_when_the_callable_fails_and_the_server_keeps_serving(
+    start_server: Callable[..., HealthServer],
+) -> None:
+    def broken() -> Mapping[str, object]:
+        raise RuntimeError("runtime gone")
+
+    server = start_server(status=broken)
+
+    resp = request(server, "/status")
+
+    assert (resp.status, resp.json()) == (500, {"error": STATUS_FAILED})
+    assert request(server, "/healthz").status == 200
+
+
+def test_status_that_is_not_json_is_500(start_server: Callable[..., HealthServer]) -> None:
+    server = start_server(status=lambda: {"replica": object()})
+    assert request(server, "/status").status == 500
+
+
 @pytest.mark.parametrize("path", ["/", "/metricsx", "/healthz/extra", "/favicon.ico"])
 def test_unknown_path_is_404(start_server: Callable[..., HealthServer], path: str) -> None:
     assert request(start_server(), path).status == 404
@@ -179,10 +268,11 @@ def test_head_answers_without_a_body(start_server: Callable[..., HealthServer]) 
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
+@pytest.mark.parametrize("path", ["/metrics", "/status"])
 def test_only_get_and_head_are_allowed(
-    start_server: Callable[..., HealthServer], method: str
+    start_server: Callable[..., HealthServer], method: str, path: str
 ) -> None:
-    resp = request(start_server(), "/metrics", method=method)
+    resp = request(start_server(status=lambda: STATUS_DOCUMENT), path, method=method)
 
     assert resp.status == 405
     assert resp.headers["Allow"] == "GET, HEAD"

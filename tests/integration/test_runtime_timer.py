@@ -41,7 +41,12 @@ class _Poller:
     def __init__(self, poll: PollFn) -> None:
         self._poll = poll
 
-    def poll(self, mailbox: MailboxSettings, should_stop: Callable[[], bool]) -> None:
+    def poll(
+        self,
+        mailbox: MailboxSettings,
+        should_stop: Callable[[], bool],
+        progress: Callable[[int], None],
+    ) -> None:
         self._poll(mailbox)
 
     def forget(self, address: str) -> None:

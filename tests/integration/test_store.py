@@ -1,4 +1,5 @@
-"""SqlStore against real SQLite and PostgreSQL databases (a fresh one per test)."""
+"""SqlStore against real SQLite and PostgreSQL databases (a fresh one per test): message rows,
+checkpoints, and the mailbox status rows behind the view ``mailbox_status``."""
 
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ from daemon.errors import (
     TransientError,
     UnknownFolder,
 )
+from daemon.status import MailboxStatus
 from daemon.store.engine import create_engine_for
 from daemon.store.migrate import migrate
-from daemon.store.models import messages
+from daemon.store.models import mailboxes, messages
 from daemon.store.repository import ApplyResult, SqlStore
 from daemon.sync.model import Checkpoint, FolderChanges, FolderState, MessageRecord
 
@@ -542,3 +544,222 @@ def test_concurrent_applies_from_many_threads_all_commit(store: SqlStore) -> Non
     assert {name: s.last_uid for name, s in states.items()} == {t.name: 200 for t in targets}
     [(count,)] = view(store.engine, "SELECT count(*) FROM message_metadata")
     assert count == 6 * 200
+
+
+# -- mailbox status ------------------------------------------------------------------------------
+
+
+def mailbox_status(mailbox: str = "one@contoso.test", **changes: Any) -> MailboxStatus:
+    base: dict[str, Any] = {
+        "mailbox": mailbox,
+        "tenant": "contoso",
+        "state": "ok",
+        "owner": "pod-a",
+        "last_poll_at": T1,
+        "last_success_at": T0,
+        "consecutive_failures": 0,
+        "last_error_reason": None,
+        "last_error": None,
+        "hint": None,
+        "initial_sync_remaining": 0,
+    }
+    base.update(changes)
+    return MailboxStatus(**base)
+
+
+def test_statuses_round_trip_through_the_view(store: SqlStore) -> None:
+    plus_two = dt.timezone(dt.timedelta(hours=2))
+    failing = mailbox_status(
+        "Zoë@Exämple.com",
+        tenant="fabrikam",
+        state="auth_failed",
+        owner=f"pod-{EMOJI}",
+        last_poll_at=dt.datetime(2024, 5, 1, 14, 0, 1, 5, tzinfo=plus_two),
+        last_success_at=None,
+        consecutive_failures=7,
+        last_error_reason="auth",
+        last_error=f"AUTHENTICATE failed: ünïcode {EMOJI}",
+        hint="grant the app access to the mailbox",
+        initial_sync_remaining=12345,
+    )
+    statuses = [mailbox_status("b@contoso.test"), failing, mailbox_status("a@contoso.test")]
+
+    store.save_statuses(statuses)
+
+    loaded = store.load_statuses()
+    assert loaded == sorted(statuses, key=lambda s: s.mailbox)
+    assert [s.mailbox for s in loaded] == ["a@contoso.test", "b@contoso.test", "zoë@exämple.com"]
+    assert loaded[2].last_poll_at == dt.datetime(2024, 5, 1, 12, 0, 1, 5, tzinfo=UTC)
+    assert all(s.last_poll_at is not None and s.last_poll_at.tzinfo is UTC for s in loaded)
+
+
+def test_saving_again_overwrites_every_field(store: SqlStore) -> None:
+    store.save_statuses(
+        [
+            mailbox_status(
+                state="backoff",
+                consecutive_failures=3,
+                last_error_reason="connect",
+                last_error="refused",
+                hint="check the host",
+                initial_sync_remaining=10,
+            )
+        ]
+    )
+    recovered = mailbox_status(owner="pod-b", last_poll_at=T2, last_success_at=T2)
+
+    store.save_statuses([recovered])
+
+    assert store.load_statuses() == [recovered]
+    assert store.load_statuses()[0].last_error is None
+
+
+def test_a_long_error_is_stored_capped_at_2_kib(store: SqlStore) -> None:
+    store.save_statuses([mailbox_status(last_error="é" * 5000, hint="h" * 10_000)])
+
+    [loaded] = store.load_statuses()
+    assert loaded.last_error == "é" * 1024
+    assert loaded.hint == "h" * 2048
+
+
+def test_a_status_creates_the_mailbox_row_and_later_polls_reuse_it(store: SqlStore) -> None:
+    store.save_statuses([mailbox_status("New@Contoso.test", state="disabled")])
+
+    mailbox_id = store.ensure_mailbox("new@contoso.test", "contoso")
+    with store.engine.connect() as connection:
+        assert connection.execute(sa.select(mailboxes.c.id, mailboxes.c.address)).all() == [
+            (mailbox_id, "new@contoso.test")
+        ]
+    assert [s.state for s in store.load_statuses()] == ["disabled"]
+
+
+def test_the_tenant_follows_the_status_as_it_follows_ensure_mailbox(store: SqlStore) -> None:
+    store.ensure_mailbox("one@contoso.test", "contoso")
+
+    store.save_statuses([mailbox_status(tenant="fabrikam")])
+
+    assert [s.tenant for s in store.load_statuses()] == ["fabrikam"]
+    assert store.ensure_mailbox("one@contoso.test", "fabrikam") == store.ensure_mailbox(
+        "ONE@contoso.test", "fabrikam"
+    )
+
+
+def test_the_last_of_two_statuses_of_one_mailbox_wins(store: SqlStore) -> None:
+    store.save_statuses([mailbox_status(state="backoff"), mailbox_status(state="ok")])
+    assert [s.state for s in store.load_statuses()] == ["ok"]
+
+
+def test_load_statuses_filters_by_address_in_any_case(store: SqlStore) -> None:
+    store.save_statuses([mailbox_status(f"m{i}@contoso.test") for i in range(5)])
+
+    loaded = store.load_statuses(["M3@CONTOSO.test", "m1@contoso.test", "nobody@contoso.test"])
+
+    assert [s.mailbox for s in loaded] == ["m1@contoso.test", "m3@contoso.test"]
+    assert store.load_statuses([]) == []
+
+
+def test_a_mailbox_without_a_status_is_not_in_the_view(store: SqlStore) -> None:
+    store.ensure_mailbox("polled-never@contoso.test", "contoso")
+    assert store.load_statuses() == []
+
+
+def test_saving_nothing_writes_nothing(engine: sa.Engine) -> None:
+    durations: list[float] = []
+    SqlStore(engine, on_write=durations.append).save_statuses([])
+    assert durations == []
+
+
+def test_save_statuses_is_one_timed_write_and_load_is_not(engine: sa.Engine) -> None:
+    durations: list[float] = []
+    store = SqlStore(engine, on_write=durations.append)
+
+    store.save_statuses([mailbox_status(f"m{i}@contoso.test") for i in range(3)])
+    store.load_statuses()
+
+    assert len(durations) == 1
+    assert durations[0] > 0
+
+
+def test_a_failed_save_writes_no_status_and_no_mailbox(store: SqlStore) -> None:
+    broken = mailbox_status("broken@contoso.test")
+    object.__setattr__(broken, "state", "sleeping")  # past the checks, into the CHECK
+
+    with pytest.raises(DatabaseRejectedError, match=r"ck_mailbox_states_state|CHECK"):
+        store.save_statuses([mailbox_status("fine@contoso.test"), broken])
+
+    assert store.load_statuses() == []
+    with store.engine.connect() as connection:
+        assert connection.scalar(sa.select(sa.func.count()).select_from(mailboxes)) == 0
+
+
+def test_thousands_of_statuses_take_a_few_statements_not_one_per_row(store: SqlStore) -> None:
+    count = 5000
+    statements: list[str] = []
+
+    def record_statement(*args: Any) -> None:
+        statements.append(args[2])
+
+    sa.event.listen(store.engine, "before_cursor_execute", record_statement)
+    try:
+        store.save_statuses([mailbox_status(f"user{i:05d}@contoso.test") for i in range(count)])
+        first = len(statements)
+        statements.clear()
+        store.save_statuses(
+            [
+                mailbox_status(f"user{i:05d}@contoso.test", consecutive_failures=i % 4)
+                for i in range(count)
+            ]
+        )
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", record_statement)
+
+    # SQLite reads the ids in IN lists of 500 and writes through one executemany each;
+    # PostgreSQL reads and writes with one array each.
+    assert first <= 2 * (count // 500) + 4
+    assert len(statements) <= count // 500 + 2
+    loaded = store.load_statuses()
+    assert len(loaded) == count
+    assert [s.consecutive_failures for s in loaded[:5]] == [0, 1, 2, 3, 0]
+
+
+def test_concurrent_status_saves_and_polls_all_commit(store: SqlStore) -> None:
+    errors: list[BaseException] = []
+    start = threading.Barrier(3)
+    addresses = [f"m{i:03d}@contoso.test" for i in range(200)]
+
+    def save(owner: str) -> None:
+        try:
+            start.wait(timeout=30)
+            for round_ in range(5):
+                store.save_statuses(
+                    [
+                        mailbox_status(a, owner=owner, consecutive_failures=round_)
+                        for a in reversed(addresses)
+                    ]
+                )
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    def poll() -> None:
+        try:
+            start.wait(timeout=30)
+            for address in addresses[:50]:
+                store.ensure_folder(store.ensure_mailbox(address, "contoso"), "INBOX")
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=save, args=("pod-a",)),
+        threading.Thread(target=save, args=("pod-b",)),
+        threading.Thread(target=poll),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert errors == []
+    loaded = store.load_statuses()
+    assert [s.mailbox for s in loaded] == addresses
+    assert {s.consecutive_failures for s in loaded} == {4}
+    assert len({s.owner for s in loaded}) == 1  # one whole transaction won, not a mix

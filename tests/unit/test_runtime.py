@@ -14,6 +14,7 @@ from daemon.logging import get_logger
 from daemon.metrics import Metrics
 from daemon.runtime.limiter import TenantLimiter
 from daemon.runtime.supervisor import Runtime
+from daemon.status import MailboxStatus
 
 
 class FakeTimer:
@@ -80,9 +81,17 @@ class FakePoller:
         self.fail: dict[str, Exception] = {}
         self.during: Callable[[MailboxSettings, Callable[[], bool]], None] | None = None
         self.stop_seen: dict[str, bool] = {}
+        self.progress: dict[str, list[int]] = {}
 
-    def poll(self, mailbox: MailboxSettings, should_stop: Callable[[], bool]) -> None:
+    def poll(
+        self,
+        mailbox: MailboxSettings,
+        should_stop: Callable[[], bool],
+        progress: Callable[[int], None],
+    ) -> None:
         self.polled.append(mailbox.address)
+        for remaining in self.progress.get(mailbox.address, ()):
+            progress(remaining)
         if self.during is not None:
             self.during(mailbox, should_stop)
         self.stop_seen[mailbox.address] = should_stop()
@@ -113,6 +122,7 @@ def parts() -> tuple[Runtime, FakeTimer, FakeClock, FakePoller, Metrics]:
     timer = FakeTimer(clock)
     poller = FakePoller()
     metrics = Metrics(CollectorRegistry(), ["contoso", "fabrikam"])
+    saved: list[list[MailboxStatus]] = []
     runtime = Runtime(
         poller=poller,
         timer=timer,
@@ -122,7 +132,10 @@ def parts() -> tuple[Runtime, FakeTimer, FakeClock, FakePoller, Metrics]:
         clock=clock,
         rng=Mid(),
         monotonic=clock,
+        owner="replica-1",
+        save_statuses=lambda rows: saved.append(list(rows)),
     )
+    runtime.saved = saved  # type: ignore[attr-defined]
     return runtime, timer, clock, poller, metrics
 
 
@@ -325,3 +338,66 @@ def test_updated_settings_keep_equal_mailboxes_untouched(parts: Parts) -> None:
     settings = box("a@x")
     runtime.start([settings])
     assert runtime.reconcile([replace(settings)]).updated == ()
+
+
+def test_statuses_are_saved_in_batches_of_what_changed_with_errors_hints_and_progress(
+    parts: Parts,
+) -> None:
+    runtime, timer, clock, poller, _ = parts
+    saved: list[list[MailboxStatus]] = runtime.saved  # type: ignore[attr-defined]
+    runtime.start([box("a@x"), box("b@x", tenant="fabrikam")])
+    runtime.save_statuses()
+    assert {s.mailbox for s in saved[-1]} == {"a@x", "b@x"}
+    assert all(s.owner == "replica-1" and s.last_poll_at is None for s in saved[-1])
+    runtime.save_statuses()
+    assert len(saved) == 1  # nothing changed: nothing written
+    poller.fail["b@x"] = AuthFailed("NO AUTHENTICATE failed", hint="grant FullAccess")
+    poller.progress["a@x"] = [40, 20, 0]
+    clock.now += 3
+    timer.run_due()
+    runtime.save_statuses()
+    by_mailbox = {s.mailbox: s for s in saved[-1]}
+    a, b = by_mailbox["a@x"], by_mailbox["b@x"]
+    assert (a.state, a.consecutive_failures, a.last_error, a.initial_sync_remaining) == (
+        "ok",
+        0,
+        None,
+        0,
+    )
+    assert a.last_success_at is not None
+    assert a.last_success_at.timestamp() == clock.now
+    assert (b.state, b.consecutive_failures, b.last_error_reason, b.hint) == (
+        "auth_failed",
+        1,
+        "auth",
+        "grant FullAccess",
+    )
+    assert b.last_error == "NO AUTHENTICATE failed"
+    assert b.last_success_at is None
+    runtime.reconcile([box("a@x")])
+    runtime.save_statuses()
+    assert [(s.mailbox, s.state, s.owner) for s in saved[-1]] == [("b@x", "removed", None)]
+    assert [s.mailbox for s in runtime.statuses()] == ["a@x"]
+
+
+def test_statuses_that_could_not_be_saved_are_saved_with_the_next_batch(parts: Parts) -> None:
+    from daemon.errors import DatabaseError
+
+    runtime, _, _, _, _ = parts
+    saved: list[list[MailboxStatus]] = runtime.saved  # type: ignore[attr-defined]
+    calls = 0
+
+    def flaky(rows: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise DatabaseError("database unreachable")
+        saved.append(list(rows))  # type: ignore[call-overload]
+
+    runtime._save_statuses = flaky  # swap the sink for this test
+    runtime.start([box("a@x")])
+    runtime.reconcile([])
+    runtime.save_statuses()
+    assert saved == []
+    runtime.save_statuses()
+    assert [(s.mailbox, s.state) for s in saved[-1]] == [("a@x", "removed")]
