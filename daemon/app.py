@@ -24,7 +24,7 @@ from daemon.auth.msal_provider import MsalTokenClient
 from daemon.auth.refresher import TokenRefresher
 from daemon.config import Config, load_config
 from daemon.config.diff import ConfigDiff
-from daemon.errors import MailsyncError
+from daemon.errors import AlreadyRunning, MailsyncError
 from daemon.http import HealthServer
 from daemon.imap.client import ImapMailbox
 from daemon.imap.pool import SessionPool
@@ -47,6 +47,7 @@ from daemon.store.engine import create_engine_for
 from daemon.store.migrate import is_at_head
 from daemon.store.migrate import migrate as run_migrations
 from daemon.store.repository import SqlStore
+from daemon.store.single import RunLock, sqlite_file
 from daemon.tls import make_ssl_context
 
 RELOAD_CHECK_SECONDS = 2.0
@@ -106,6 +107,12 @@ def _shortest_intervals(config: Config) -> dict[str, float]:
         current = shortest.get(settings.tenant, settings.poll_interval)
         shortest[settings.tenant] = min(current, settings.poll_interval)
     return shortest
+
+
+def _run_lock(config: Config) -> RunLock | None:
+    """The lock that keeps a SQLite database to one ``run`` (None for PostgreSQL)."""
+    database = sqlite_file(config.database_url)
+    return None if database is None else RunLock(database, replica_id())
 
 
 class _Readiness:
@@ -177,6 +184,21 @@ class Daemon:
             tenants=len(config.tenants),
             mailboxes=len(config.mailboxes),
         )
+        lock = _run_lock(config)
+        if lock is not None:
+            try:
+                lock.acquire()
+            except AlreadyRunning as exc:
+                # A configuration fact, not a bug: the message says it all, a traceback would not.
+                log.error("cannot start", error=str(exc), reason=exc.reason, hint=exc.hint)  # noqa: TRY400
+                return 1
+        try:
+            return self._run(config, log)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _run(self, config: Config, log: Logger) -> int:
         if self.migrate and not migrate_database(config, log):
             return 1
         parts = self._build()
@@ -227,6 +249,7 @@ class Daemon:
         metrics = Metrics(registry, [t.name for t in config.tenants], __version__)
         store = SqlStore(engine, on_write=metrics.db_write)
         metrics.set_config_loaded(True)
+        metrics.set_replicas(1)  # one replica runs every mailbox it is configured with
 
         def on_token(tenant: str, ok: bool, token: AccessToken | None) -> None:
             metrics.token_request(tenant, ok)

@@ -24,6 +24,7 @@ happened, never a secret or message data.
     │   └── ImapProtocolError     any other IMAP error or unparseable response; "protocol"
     └── PermanentError            retrying the same thing will fail the same way; "other"
         ├── DatabaseRejectedError the database refused a statement or the schema; "database"
+        ├── AlreadyRunning        another mailsyncd run holds this SQLite file; "database"
         ├── UnknownFolder         the store has no folder with the id a call names; "database"
         ├── TokenRejected         the identity platform refused this configuration
         │                         (``code``: the AADSTS number, with its hint); "token"
@@ -109,6 +110,12 @@ class DatabaseError(TransientError):
 
 class DatabaseRejectedError(PermanentError):
     """The database refused a statement (constraint, data, schema) or the schema is unknown."""
+
+    reason = "database"
+
+
+class AlreadyRunning(PermanentError):
+    """Another ``mailsyncd run`` holds the SQLite database this one was given."""
 
     reason = "database"
 

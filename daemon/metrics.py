@@ -170,6 +170,17 @@ class Metrics:
             registry=reg,
         )
 
+        self.mailboxes_owned = Gauge(
+            "mailsyncd_mailboxes_owned",
+            "Enabled mailboxes this replica runs (holds the lease of, with replicas).",
+            ["tenant"],
+            registry=reg,
+        )
+        self.replicas = Gauge(
+            "mailsyncd_replicas",
+            "Live replicas this replica sees, itself included.",
+            registry=reg,
+        )
         self.config_last_reload_successful = Gauge(
             "mailsyncd_config_last_reload_successful",
             "1 after a good load or reload of the configuration, 0 after a rejected reload.",
@@ -207,6 +218,7 @@ class Metrics:
         self.imap_sessions_open.labels(tenant)
         self.polls_in_flight.labels(tenant)
         self.mailboxes_configured.labels(tenant)
+        self.mailboxes_owned.labels(tenant)
 
     def poll_finished(
         self,
@@ -297,6 +309,15 @@ class Metrics:
         """Sets the configured mailbox count per tenant; a known tenant absent becomes 0."""
         for tenant in (*self.tenants, *(t for t in counts if t not in self.tenants)):
             self.mailboxes_configured.labels(tenant).set(counts.get(tenant, 0))
+
+    def set_mailboxes_owned(self, counts: Mapping[str, int]) -> None:
+        """Sets the owned mailbox count per tenant; a known tenant absent becomes 0."""
+        for tenant in (*self.tenants, *(t for t in counts if t not in self.tenants)):
+            self.mailboxes_owned.labels(tenant).set(counts.get(tenant, 0))
+
+    def set_replicas(self, count: int) -> None:
+        """Sets how many live replicas this one sees (itself included)."""
+        self.replicas.set(count)
 
     def config_reloaded(self, ok: bool, when: float) -> None:
         """A load or reload of the configuration was accepted (``ok``) or rejected."""

@@ -436,6 +436,7 @@ class Runtime:
         with self._lock:
             live = [m for m in self._mailboxes.values() if not m.removed]
             counts = Counter(m.schedule.state for m in live)
+            owned = Counter(m.settings.tenant for m in live if m.settings.enabled)
             oldest = min(
                 (
                     m.schedule.last_success or self._started_at
@@ -445,6 +446,7 @@ class Runtime:
                 default=None,
             )
         self._metrics.set_mailbox_states({s: counts.get(s, 0) for s in STATES})
+        self._metrics.set_mailboxes_owned(owned)
         self._metrics.set_oldest_success(oldest)
 
 

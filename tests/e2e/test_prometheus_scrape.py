@@ -62,6 +62,8 @@ SPEC_METRICS = {
     "mailsyncd_db_write_duration_seconds": "histogram",
     "mailsyncd_build_info": "gauge",
     "mailsyncd_imap_sessions_open": "gauge",
+    "mailsyncd_mailboxes_owned": "gauge",
+    "mailsyncd_replicas": "gauge",
     "mailsyncd_config_last_reload_successful": "gauge",
     "mailsyncd_config_last_reload_success_timestamp_seconds": "gauge",
 }

@@ -31,6 +31,8 @@ SPEC_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "mailsyncd_db_write_duration_seconds": ("histogram", ()),
     "mailsyncd_build_info": ("gauge", ("version",)),
     "mailsyncd_imap_sessions_open": ("gauge", ("tenant",)),
+    "mailsyncd_mailboxes_owned": ("gauge", ("tenant",)),
+    "mailsyncd_replicas": ("gauge", ()),
     "mailsyncd_config_last_reload_successful": ("gauge", ()),
     "mailsyncd_config_last_reload_success_timestamp_seconds": ("gauge", ()),
 }

@@ -277,6 +277,9 @@ def test_auth_failures_park_the_mailbox_and_the_rest_keep_polling(parts: Parts) 
     assert poller.polled.count("b@x") == 5
     timer.periodic["__housekeeping__"]()
     assert metrics.registry.get_sample_value("mailsyncd_mailboxes", {"state": "auth_failed"}) == 1
+    owned = metrics.registry.get_sample_value
+    assert owned("mailsyncd_mailboxes_owned", {"tenant": "contoso"}) == 1
+    assert owned("mailsyncd_mailboxes_owned", {"tenant": "fabrikam"}) == 1
 
 
 def test_a_returning_token_wakes_only_the_mailboxes_that_wait_for_it(parts: Parts) -> None:
