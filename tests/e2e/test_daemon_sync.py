@@ -122,7 +122,15 @@ def test_first_sync_matches_seeded_messages_field_by_field_and_follows_new_mail(
         what="new messages",
     )
     assert time.monotonic() - appended < 7
-    assert daemon.metric("mailsyncd_messages_synced_total", change="new") == sum(total.values()) + 3
+    # The counter moves when the folder's poll ends, just after the rows are committed.
+    wait_for(
+        lambda: (
+            daemon.metric("mailsyncd_messages_synced_total", change="new")
+            == sum(total.values()) + 3
+        ),
+        timeout=10,
+        what="messages_synced_total",
+    )
     assert daemon.metric("mailsyncd_db_write_duration_seconds_count") >= 5000 / 500
     assert daemon.stop() == 0
     lines = daemon.log_lines()

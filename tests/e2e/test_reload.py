@@ -146,7 +146,11 @@ def test_sighup_adds_and_removes_mailboxes_in_the_same_process(
     assert rows(setup.url, removed) == 2  # rows stay
     assert daemon.running()
     assert daemon.proc.pid == pid  # type: ignore[union-attr]
-    assert daemon.metric("mailsyncd_config_last_reload_successful") == 1
+    wait_for(
+        lambda: daemon.metric("mailsyncd_config_last_reload_successful") == 1,
+        timeout=10,
+        what="reload gauge",
+    )
     assert daemon.metric("mailsyncd_config_last_reload_success_timestamp_seconds") >= (
         reloaded_at - 15
     )
@@ -175,7 +179,12 @@ def test_a_broken_reload_is_rejected_whole_and_the_running_config_stays(
     assert all(line["level"] == "error" for line in lines)
     keys = {line.get("key") for line in lines}
     assert {"mailboxes[1].tenant", "defaults.poll_interval"} <= keys, lines
-    assert daemon.metric("mailsyncd_config_last_reload_successful") == 0
+    # The gauge is set once every problem has been logged.
+    wait_for(
+        lambda: daemon.metric("mailsyncd_config_last_reload_successful") == 0,
+        timeout=10,
+        what="rejected reload gauge",
+    )
     # The old configuration runs on: new mail of the first mailbox arrives, none of the other.
     setup.fixture_imap(first).append("INBOX", realistic_messages(1, seed=70))
     wait_for(lambda: rows(setup.url, first) == 3, timeout=15, what="mail after a bad reload")
@@ -183,7 +192,11 @@ def test_a_broken_reload_is_rejected_whole_and_the_running_config_stays(
     # Fixing the file is picked up without a signal.
     setup.write(setup.config([first, other]))
     wait_for(lambda: rows(setup.url, other) == 2, timeout=20, what="fixed file applied")
-    assert daemon.metric("mailsyncd_config_last_reload_successful") == 1
+    wait_for(
+        lambda: daemon.metric("mailsyncd_config_last_reload_successful") == 1,
+        timeout=10,
+        what="reload gauge back to 1",
+    )
     assert daemon.stop() == 0
 
 
