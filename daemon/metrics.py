@@ -9,7 +9,6 @@ and ``rate()`` see a 0 before the first event rather than a missing series.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Final, Literal
@@ -295,15 +294,6 @@ class Metrics:
     def db_write(self, seconds: float) -> None:
         """Records the duration of one write transaction."""
         self.db_write_duration_seconds.observe(max(seconds, 0.0))
-
-    @contextmanager
-    def time_db_write(self) -> Iterator[None]:
-        """Times the ``with`` block as one write transaction, whether it raises or not."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.db_write(time.perf_counter() - start)
 
     def set_mailboxes_configured(self, counts: Mapping[str, int]) -> None:
         """Sets the configured mailbox count per tenant; a known tenant absent becomes 0."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.config import Config, ConfigError, MailboxSettings
@@ -38,23 +39,15 @@ class LiveConfig:
         self.config = config
 
 
+@dataclass(frozen=True)
 class ReloadTargets:
     """What a reload changes, as callables the composition root wires to the running parts."""
 
-    def __init__(
-        self,
-        *,
-        set_tenants: Callable[[Config, ConfigDiff], None],
-        set_limits: Callable[[Config, ConfigDiff], None],
-        reconcile: Callable[[tuple[MailboxSettings, ...]], object],
-        drop_tenants: Callable[[tuple[str, ...]], None],
-        set_log_level: Callable[[str], None],
-    ) -> None:
-        self.set_tenants = set_tenants
-        self.set_limits = set_limits
-        self.reconcile = reconcile
-        self.drop_tenants = drop_tenants
-        self.set_log_level = set_log_level
+    set_tenants: Callable[[Config, ConfigDiff], None]
+    set_limits: Callable[[Config, ConfigDiff], None]
+    reconcile: Callable[[tuple[MailboxSettings, ...]], object]
+    drop_tenants: Callable[[tuple[str, ...]], None]
+    set_log_level: Callable[[str], None]
 
 
 class Reloader:
@@ -128,7 +121,7 @@ class Reloader:
         targets = self._targets
         targets.set_tenants(new, changes)
         targets.set_limits(new, changes)
-        if any(key == "logging.level" for key in changes.changed_keys):
+        if "logging.level" in changes.changed_keys:
             targets.set_log_level(new.logging.level)
         targets.reconcile(new.mailbox_settings())
         if changes.tenants_removed:

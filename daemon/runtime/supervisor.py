@@ -25,11 +25,18 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from daemon.config import MailboxSettings
-from daemon.errors import MailsyncError, PermanentError, Reason, TokenExpiredOnServer, error_fields
+from daemon.errors import (
+    MailsyncError,
+    PermanentError,
+    Reason,
+    TokenExpiredOnServer,
+    error_fields,
+    reason_of,
+)
 from daemon.logging import Logger
 from daemon.metrics import Metrics
 from daemon.ports import Clock, Jitter, Poller, Timer
@@ -40,7 +47,6 @@ from daemon.sync.schedule import STATES, Failure, MailboxState, Schedule
 
 HOUSEKEEPING_SECONDS: Final = 5.0
 """Also how often changed mailbox statuses are saved, in one transaction."""
-MAX_ERROR_TEXT: Final = 2048
 HOUSEKEEPING_KEY: Final = "__housekeeping__"
 
 
@@ -75,7 +81,7 @@ class _Mailbox:
             last_success_at=_utc(self.schedule.last_success),
             consecutive_failures=self.schedule.failures,
             last_error_reason=error[0] if error else None,
-            last_error=error[1][:MAX_ERROR_TEXT] if error else None,
+            last_error=error[1] if error else None,
             hint=error[2] if error else None,
             initial_sync_remaining=self.remaining,
         )
@@ -231,12 +237,7 @@ class Runtime:
         elif settings.poll_interval < old.poll_interval and not entry.schedule.waits_for_token:
             # A shorter interval applies now, not after the old, longer wait.
             due = min(entry.schedule.due, now + settings.poll_interval)
-            entry.schedule = Schedule(
-                entry.schedule.state,
-                due,
-                entry.schedule.failures,
-                entry.schedule.last_success,
-            )
+            entry.schedule = replace(entry.schedule, due=due)
         if not entry.running:
             self._arm(entry)
         # Another tenant: the session (logged in for the old one) must go.
@@ -315,7 +316,7 @@ class Runtime:
             else:
                 fields = error_fields(exc)
                 entry.last_error = (
-                    exc.reason if isinstance(exc, MailsyncError) else "other",
+                    reason_of(exc),
                     str(fields["error"]),
                     str(fields["hint"]) if "hint" in fields else None,
                 )

@@ -20,6 +20,7 @@ from daemon.errors import (
     MailsyncError,
     TokenExpiredOnServer,
     error_fields,
+    reason_of,
 )
 from daemon.imap.pool import PooledSession, SessionPool, latest_switch
 from daemon.logging import Logger
@@ -72,9 +73,8 @@ class MailboxWorker:
             with self._metrics.track_poll(mailbox.tenant):
                 self._poll(mailbox, should_stop, _Progress(progress))
         except BaseException as exc:
-            reason = exc.reason if isinstance(exc, MailsyncError) else "other"
             self._metrics.poll_finished(
-                mailbox.tenant, "failure", time.monotonic() - started, reason
+                mailbox.tenant, "failure", time.monotonic() - started, reason_of(exc)
             )
             raise
         self._metrics.poll_finished(mailbox.tenant, "success", time.monotonic() - started)

@@ -358,19 +358,6 @@ def test_track_poll_counts_in_flight_and_releases_on_error(
     assert _value(registry, "mailsyncd_polls_in_flight", tenant="contoso") == 0.0
 
 
-def test_time_db_write_observes_even_when_the_write_fails(
-    make_metrics: Callable[..., tuple[Metrics, CollectorRegistry]],
-) -> None:
-    metrics, registry = make_metrics()
-
-    with metrics.time_db_write():
-        pass
-    with pytest.raises(RuntimeError), metrics.time_db_write():
-        raise RuntimeError("commit failed")
-
-    assert _value(registry, "mailsyncd_db_write_duration_seconds_count") == 2.0
-
-
 def test_gauges_record_what_they_are_given(
     make_metrics: Callable[..., tuple[Metrics, CollectorRegistry]],
 ) -> None:
