@@ -10,7 +10,18 @@ import pytest
 import yaml
 
 from localenv.env import EnvInfo, free_port
+from localenv.exchange_proxy import ExchangeProxy
 from support.daemon import DaemonProcess, MailboxSpec, make_config
+
+
+@pytest.fixture
+def exchange(env_info: EnvInfo) -> Iterator[ExchangeProxy]:
+    """The local environment's Exchange mode: a proxy in front of Dovecot, closed after."""
+    proxy = ExchangeProxy(env_info).start()
+    try:
+        yield proxy
+    finally:
+        proxy.close()
 
 
 @pytest.fixture

@@ -15,46 +15,30 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 import yaml
-from sqlalchemy.pool import NullPool
 
 from localenv import pki
 from localenv.client import IdpControl
 from localenv.env import EnvInfo, free_port
 from localenv.imap import FixtureImap
 from localenv.seed import realistic_messages
-from support.daemon import DaemonProcess, MailboxSpec, make_config, wait_for
+from support.daemon import (
+    DaemonProcess,
+    MailboxSpec,
+    count_rows,
+    epoch,
+    events,
+    make_config,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
 
-def rows(url: str, mailbox: str) -> int:
-    engine = sa.create_engine(url, poolclass=NullPool)
-    try:
-        with engine.connect() as connection:
-            query = sa.text("SELECT count(*) FROM message_metadata WHERE mailbox = :m")
-            return int(connection.execute(query, {"m": mailbox}).scalar_one())
-    except sa.exc.OperationalError:
-        return 0
-    finally:
-        engine.dispose()
-
-
-def events(daemon: DaemonProcess, name: str) -> list[dict[str, Any]]:
-    return [line for line in daemon.log_lines() if line.get("event") == name]
-
-
 def polled(daemon: DaemonProcess, mailbox: str, since: float) -> int:
     """`poll` events of ``mailbox`` logged at or after ``since`` (the run logs at debug)."""
-    import datetime as dt
-
-    count = 0
-    for line in events(daemon, "poll"):
-        when = dt.datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00")).timestamp()
-        if line.get("mailbox") == mailbox and when >= since:
-            count += 1
-    return count
+    lines = events(daemon, "poll")
+    return sum(1 for line in lines if line.get("mailbox") == mailbox and epoch(line) >= since)
 
 
 class Setup:
@@ -135,15 +119,15 @@ def test_sighup_adds_and_removes_mailboxes_in_the_same_process(
     kept, removed, added = setup.mailbox(), setup.mailbox(), setup.mailbox(3)
     setup.write(setup.config([kept, removed]))
     daemon = running()
-    wait_for(lambda: rows(setup.url, removed) == 2, timeout=60, what="first syncs")
+    wait_for(lambda: count_rows(setup.url, removed) == 2, timeout=60, what="first syncs")
     pid = daemon.proc.pid  # type: ignore[union-attr]
     setup.write(setup.config([kept, added]))
     daemon.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
-    wait_for(lambda: rows(setup.url, added) == 3, timeout=15, what="added mailbox synced")
+    wait_for(lambda: count_rows(setup.url, added) == 3, timeout=15, what="added mailbox synced")
     reloaded_at = time.time()
     wait_for(lambda: polled(daemon, kept, reloaded_at) >= 3, timeout=15, what="kept polled")
     assert polled(daemon, removed, reloaded_at + 1) == 0
-    assert rows(setup.url, removed) == 2  # rows stay
+    assert count_rows(setup.url, removed) == 2  # rows stay
     assert daemon.running()
     assert daemon.proc.pid == pid  # type: ignore[union-attr]
     wait_for(
@@ -163,7 +147,7 @@ def test_a_broken_reload_is_rejected_whole_and_the_running_config_stays(
     first, other = setup.mailbox(), setup.mailbox()
     setup.write(setup.config([first]))
     daemon = running()
-    wait_for(lambda: rows(setup.url, first) == 2, timeout=60, what="first sync")
+    wait_for(lambda: count_rows(setup.url, first) == 2, timeout=60, what="first sync")
     broken = setup.config([first, other])
     broken["mailboxes"][1]["tenant"] = "nosuchtenant"
     broken["defaults"]["poll_interval"] = "soon"
@@ -187,11 +171,11 @@ def test_a_broken_reload_is_rejected_whole_and_the_running_config_stays(
     )
     # The old configuration runs on: new mail of the first mailbox arrives, none of the other.
     setup.fixture_imap(first).append("INBOX", realistic_messages(1, seed=70))
-    wait_for(lambda: rows(setup.url, first) == 3, timeout=15, what="mail after a bad reload")
-    assert rows(setup.url, other) == 0
+    wait_for(lambda: count_rows(setup.url, first) == 3, timeout=15, what="mail after a bad reload")
+    assert count_rows(setup.url, other) == 0
     # Fixing the file is picked up without a signal.
     setup.write(setup.config([first, other]))
-    wait_for(lambda: rows(setup.url, other) == 2, timeout=20, what="fixed file applied")
+    wait_for(lambda: count_rows(setup.url, other) == 2, timeout=20, what="fixed file applied")
     wait_for(
         lambda: daemon.metric("mailsyncd_config_last_reload_successful") == 1,
         timeout=10,
@@ -219,9 +203,9 @@ def test_a_configmap_symlink_swap_is_applied_without_a_signal(
     publish(1, setup.config([first]))
     (mount / "config.yaml").symlink_to("..data/config.yaml")
     daemon = running(mount / "config.yaml")
-    wait_for(lambda: rows(setup.url, first) == 2, timeout=60, what="first sync")
+    wait_for(lambda: count_rows(setup.url, first) == 2, timeout=60, what="first sync")
     publish(2, setup.config([first, added]))
-    wait_for(lambda: rows(setup.url, added) == 2, timeout=20, what="swap applied")
+    wait_for(lambda: count_rows(setup.url, added) == 2, timeout=20, what="swap applied")
     assert events(daemon, "config_reloaded")
     assert daemon.stop() == 0
 
@@ -238,18 +222,18 @@ def test_mailbox_lists_in_their_own_files_are_reloaded_when_a_list_changes(
     setup.write(config)
     setup.write(yaml.safe_dump([{"address": first, "tenant": "contoso"}]), lists / "a.yaml")
     daemon = running()
-    wait_for(lambda: rows(setup.url, first) == 2, timeout=60, what="first sync")
+    wait_for(lambda: count_rows(setup.url, first) == 2, timeout=60, what="first sync")
     setup.write(
         yaml.safe_dump([{"address": second, "tenant": "contoso"}]), lists / "b.yaml"
     )  # a new file matching the pattern
-    wait_for(lambda: rows(setup.url, second) == 2, timeout=20, what="new list file applied")
+    wait_for(lambda: count_rows(setup.url, second) == 2, timeout=20, what="new list file applied")
     setup.write(
         yaml.safe_dump(
             [{"address": first, "tenant": "contoso"}, {"address": third, "tenant": "contoso"}]
         ),
         lists / "a.yaml",
     )
-    wait_for(lambda: rows(setup.url, third) == 2, timeout=20, what="edited list applied")
+    wait_for(lambda: count_rows(setup.url, third) == 2, timeout=20, what="edited list applied")
     # A duplicate across lists is rejected whole, naming the file.
     setup.write(yaml.safe_dump([{"address": third, "tenant": "contoso"}]), lists / "c.yaml")
     lines = wait_for(
@@ -268,7 +252,7 @@ def test_a_changed_tenant_credential_gets_a_new_token_at_once(
     first = setup.mailbox()
     setup.write(setup.config([first]))
     daemon = running()
-    wait_for(lambda: rows(setup.url, first) == 2, timeout=60, what="first sync")
+    wait_for(lambda: count_rows(setup.url, first) == 2, timeout=60, what="first sync")
     secret = setup.tmp / "rotated-secret"
     pki.write_private(secret, Path(setup.info.tenant("contoso").secret_file).read_bytes())
     config = setup.config([first])
@@ -287,5 +271,5 @@ def test_a_changed_tenant_credential_gets_a_new_token_at_once(
         what="a token with the new credential",
     )
     setup.fixture_imap(first).append("INBOX", realistic_messages(1, seed=71))
-    wait_for(lambda: rows(setup.url, first) == 3, timeout=15, what="mail after the change")
+    wait_for(lambda: count_rows(setup.url, first) == 3, timeout=15, what="mail after the change")
     assert daemon.stop() == 0

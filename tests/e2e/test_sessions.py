@@ -9,48 +9,28 @@ never does, and it can drop or stall connections on demand.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
-from sqlalchemy.pool import NullPool
 
 from localenv.client import IdpControl
 from localenv.env import EnvInfo
 from localenv.exchange_proxy import ExchangeProxy
 from localenv.imap import FixtureImap
 from localenv.seed import realistic_messages
-from support.daemon import DaemonProcess, MailboxSpec, view_rows, wait_for
+from support.daemon import (
+    DaemonProcess,
+    MailboxSpec,
+    count_rows,
+    events,
+    through,
+    view_rows,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def exchange(env_info: EnvInfo) -> Iterator[ExchangeProxy]:
-    proxy = ExchangeProxy(env_info).start()
-    try:
-        yield proxy
-    finally:
-        proxy.close()
-
-
-def through(info: EnvInfo, proxy: ExchangeProxy) -> dict[str, Any]:
-    """Config overrides that send every tenant's IMAP traffic through ``proxy``."""
-    return {"tenants": [info.tenant_config(t.name, imap_port=proxy.port) for t in info.tenants]}
-
-
-def count_rows(database_url: str, mailbox: str) -> int:
-    engine = sa.create_engine(database_url, poolclass=NullPool)
-    try:
-        with engine.connect() as connection:
-            query = sa.text("SELECT count(*) FROM message_metadata WHERE mailbox = :m")
-            return int(connection.execute(query, {"m": mailbox}).scalar_one())
-    except sa.exc.OperationalError:
-        return 0  # the daemon has not created the database or its schema yet
-    finally:
-        engine.dispose()
 
 
 @dataclass
@@ -95,7 +75,7 @@ def rig(
 
 
 def failures(daemon: DaemonProcess) -> list[dict[str, Any]]:
-    return [line for line in daemon.log_lines() if line.get("event") == "mailbox poll failed"]
+    return events(daemon, "mailbox poll failed")
 
 
 def test_polls_reuse_one_session_per_mailbox_so_logins_stay_flat_while_polls_grow(
@@ -128,7 +108,7 @@ def test_with_60s_tokens_every_session_logs_in_again_before_its_token_expires(
 ) -> None:
     idp.set_token_lifetime(60)
     mailboxes = rig.mailboxes(5)
-    daemon = rig.run(mailboxes, extra=through(rig.info, exchange))
+    daemon = rig.run(mailboxes, extra=through(rig.info, exchange.port))
     wait_for(lambda: all(rig.rows(m) == 2 for m in mailboxes), timeout=60, what="initial syncs")
     started = time.monotonic()
     while time.monotonic() - started < RUN_TOKENS:
@@ -153,7 +133,7 @@ def test_sessions_the_network_drops_between_polls_are_replaced_without_a_failed_
     rig: Rig, exchange: ExchangeProxy
 ) -> None:
     mailboxes = rig.mailboxes(3)
-    daemon = rig.run(mailboxes, extra=through(rig.info, exchange))
+    daemon = rig.run(mailboxes, extra=through(rig.info, exchange.port))
     polls = lambda: daemon.metric("mailsyncd_polls_total", outcome="success")  # noqa: E731
     wait_for(lambda: polls() >= 2 * len(mailboxes), timeout=60, what="initial polls")
     for round_ in range(4):
@@ -175,7 +155,7 @@ def test_a_server_that_stops_answering_mid_fetch_times_out_and_the_mailbox_recov
     mailbox = rig.new_mailbox()
     total = 5000
     rig.fixture_imap(mailbox).append("INBOX", realistic_messages(total, seed=31, big_every=0))
-    extra = through(rig.info, exchange)
+    extra = through(rig.info, exchange.port)
     extra["limits"] = {"fetch_batch_size": 100, "imap_timeout": "2s"}
     daemon = rig.run([mailbox], extra=extra)
     wait_for(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,7 +20,7 @@ from localenv.env import EnvInfo
 from localenv.exchange_proxy import ExchangeProxy
 from localenv.imap import FixtureImap
 from localenv.seed import realistic_messages
-from support.daemon import MAILSYNCD, DaemonProcess, MailboxSpec, wait_for
+from support.daemon import MAILSYNCD, DaemonProcess, MailboxSpec, through, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -40,14 +40,9 @@ FIELDS = (
 
 
 @pytest.fixture
-def exchange(env_info: EnvInfo) -> Iterator[tuple[ExchangeProxy, list[dict[str, Any]]]]:
-    """The Exchange-mode proxy, and the config's tenants pointed at it."""
-    proxy = ExchangeProxy(env_info).start()
-    tenants = [env_info.tenant_config(t.name, imap_port=proxy.port) for t in env_info.tenants]
-    try:
-        yield proxy, tenants
-    finally:
-        proxy.close()
+def refusing(exchange: ExchangeProxy, env_info: EnvInfo) -> tuple[ExchangeProxy, dict[str, Any]]:
+    """The Exchange-mode proxy, and the config overrides that send IMAP through it."""
+    return exchange, through(env_info, exchange.port)
 
 
 def view(url: str) -> dict[str, dict[str, Any]]:
@@ -72,18 +67,18 @@ def test_the_view_the_endpoint_and_the_command_agree_and_name_an_auth_failed_mai
     make_sqlite_url: Callable[[], str],
     fixture_imap: Callable[[str], FixtureImap],
     new_mailbox: Callable[..., str],
-    exchange: tuple[ExchangeProxy, list[dict[str, Any]]],
+    refusing: tuple[ExchangeProxy, dict[str, Any]],
 ) -> None:
     url = make_sqlite_url()
     healthy, refused = new_mailbox(), new_mailbox()
     fixture_imap(healthy).append("INBOX", realistic_messages(3, seed=5))
-    proxy, tenants = exchange
+    proxy, extra = refusing
     proxy.deny_mailbox(refused)
     daemon = mailsyncd(
         database_url=url,
         mailboxes=[MailboxSpec(healthy), MailboxSpec(refused)],
         poll_interval="2s",
-        extra={"tenants": tenants},
+        extra=extra,
     )
 
     def settled() -> dict[str, Any]:

@@ -19,7 +19,6 @@ client id and time window.
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import itertools
 import json
 import secrets
@@ -36,7 +35,7 @@ from localenv.client import IdpControl
 from localenv.env import EnvInfo, LocalEnv
 from localenv.imap import FixtureImap
 from localenv.seed import realistic_messages
-from support.daemon import DaemonProcess, MailboxSpec, view_rows, wait_for
+from support.daemon import DaemonProcess, MailboxSpec, epoch, events, view_rows, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -73,14 +72,6 @@ def run_until(daemon: DaemonProcess, when: float) -> None:
         daemon.running()
         time.sleep(min(left, 1.0))
     daemon.running()
-
-
-def epoch(line: dict[str, Any]) -> float:
-    return dt.datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00")).timestamp()
-
-
-def events(daemon: DaemonProcess, name: str) -> list[dict[str, Any]]:
-    return [line for line in daemon.log_lines() if line.get("event") == name]
 
 
 def first_token_time(idp: IdpControl, info: EnvInfo, tenants: Iterable[str], since: float) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -70,6 +71,11 @@ def make_config(
     }
     config.update(extra or {})
     return config
+
+
+def through(info: EnvInfo, proxy_port: int) -> dict[str, Any]:
+    """Config overrides that send every tenant's IMAP traffic through a proxy on loopback."""
+    return {"tenants": [info.tenant_config(t.name, imap_port=proxy_port) for t in info.tenants]}
 
 
 @dataclass
@@ -148,6 +154,29 @@ class DaemonProcess:
 
     def log_lines(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.log_text().splitlines() if line.strip()]
+
+
+def count_rows(database_url: str, mailbox: str) -> int:
+    """Rows of ``mailbox`` in ``message_metadata``; 0 while the daemon has not made the schema."""
+    engine = sa.create_engine(database_url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            query = sa.text("SELECT count(*) FROM message_metadata WHERE mailbox = :m")
+            return int(connection.execute(query, {"m": mailbox}).scalar_one())
+    except sa.exc.OperationalError:
+        return 0
+    finally:
+        engine.dispose()
+
+
+def events(daemon: DaemonProcess, name: str) -> list[dict[str, Any]]:
+    """The daemon's log lines of event ``name``."""
+    return [line for line in daemon.log_lines() if line.get("event") == name]
+
+
+def epoch(line: dict[str, Any]) -> float:
+    """The Unix time of a log line."""
+    return dt.datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00")).timestamp()
 
 
 def view_rows(database_url: str, mailbox: str | None = None) -> list[dict[str, Any]]:
