@@ -23,6 +23,7 @@ from daemon.status import MailboxStatus
 from daemon.store.repository import SqlStore
 from localenv.env import free_port
 from support.daemon import MAILSYNCD
+from support.status import healthy_status
 
 CLI_TIMEOUT = 60
 NOW = dt.datetime.now(dt.UTC)
@@ -64,21 +65,7 @@ def _config(tmp_path: Path, url: str) -> Path:
 
 
 def _status(mailbox: str, **changes: Any) -> MailboxStatus:
-    base: dict[str, Any] = {
-        "mailbox": mailbox,
-        "tenant": "contoso",
-        "state": "ok",
-        "owner": "mailsyncd-0",
-        "last_poll_at": NOW,
-        "last_success_at": NOW,
-        "consecutive_failures": 0,
-        "last_error_reason": None,
-        "last_error": None,
-        "hint": None,
-        "initial_sync_remaining": 0,
-    }
-    base.update(changes)
-    return MailboxStatus(**base)
+    return healthy_status(mailbox, polled=NOW, succeeded=NOW, **{"owner": "mailsyncd-0", **changes})
 
 
 def test_status_prints_the_table_and_the_json_of_a_real_database(

@@ -22,6 +22,7 @@ from daemon.status import MailboxStatus
 from daemon.store.migrate import current_revision, migrate
 from daemon.store.repository import SqlStore
 from localenv.env import free_port
+from support.status import healthy_status
 
 UTC = dt.UTC
 TENANT_ID = "00000000-0000-0000-0000-000000000001"
@@ -75,21 +76,7 @@ def run(capsys: pytest.CaptureFixture[str]) -> Run:
 
 def status(mailbox: str, **changes: Any) -> MailboxStatus:
     now = dt.datetime.now(UTC)
-    base: dict[str, Any] = {
-        "mailbox": mailbox,
-        "tenant": "contoso",
-        "state": "ok",
-        "owner": "pod-a",
-        "last_poll_at": now,
-        "last_success_at": now - dt.timedelta(seconds=30),
-        "consecutive_failures": 0,
-        "last_error_reason": None,
-        "last_error": None,
-        "hint": None,
-        "initial_sync_remaining": 0,
-    }
-    base.update(changes)
-    return MailboxStatus(**base)
+    return healthy_status(mailbox, polled=now, succeeded=now - dt.timedelta(seconds=30), **changes)
 
 
 FAILING = {

@@ -28,6 +28,7 @@ from daemon.store.migrate import migrate
 from daemon.store.models import mailboxes, messages
 from daemon.store.repository import ApplyResult, SqlStore
 from daemon.sync.model import Checkpoint, FolderChanges, FolderState, MessageRecord
+from support.status import healthy_status
 
 UTC = dt.UTC
 T0 = dt.datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -550,21 +551,7 @@ def test_concurrent_applies_from_many_threads_all_commit(store: SqlStore) -> Non
 
 
 def mailbox_status(mailbox: str = "one@contoso.test", **changes: Any) -> MailboxStatus:
-    base: dict[str, Any] = {
-        "mailbox": mailbox,
-        "tenant": "contoso",
-        "state": "ok",
-        "owner": "pod-a",
-        "last_poll_at": T1,
-        "last_success_at": T0,
-        "consecutive_failures": 0,
-        "last_error_reason": None,
-        "last_error": None,
-        "hint": None,
-        "initial_sync_remaining": 0,
-    }
-    base.update(changes)
-    return MailboxStatus(**base)
+    return healthy_status(mailbox, polled=T1, succeeded=T0, **changes)
 
 
 def test_statuses_round_trip_through_the_view(store: SqlStore) -> None:

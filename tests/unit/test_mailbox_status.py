@@ -22,6 +22,7 @@ from daemon.status import (
     merge,
     replica_id,
 )
+from support.status import healthy_status
 
 UTC = dt.UTC
 NOW = dt.datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -41,21 +42,7 @@ SPEC_FIELDS = [
 
 
 def status(**changes: Any) -> MailboxStatus:
-    base: dict[str, Any] = {
-        "mailbox": "one@contoso.test",
-        "tenant": "contoso",
-        "state": "ok",
-        "owner": "pod-a",
-        "last_poll_at": NOW,
-        "last_success_at": NOW - dt.timedelta(seconds=12),
-        "consecutive_failures": 0,
-        "last_error_reason": None,
-        "last_error": None,
-        "hint": None,
-        "initial_sync_remaining": 0,
-    }
-    base.update(changes)
-    return MailboxStatus(**base)
+    return healthy_status(polled=NOW, succeeded=NOW - dt.timedelta(seconds=12), **changes)
 
 
 def test_fields_are_the_spec_columns_in_spec_order() -> None:
