@@ -5,9 +5,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
+# The uv that `make lock` compiles the lock files with; `make lock-check` fails on a lock made
+# with another one, or from another pyproject.toml.
+UV_VERSION := 0.13.9
+LOCKS := requirements.lock requirements-dev.lock
 
-.PHONY: help venv packages lint format test test-unit env-start env-stop lock clean demo bench \
-	bench-steady
+.PHONY: help venv packages lint format test test-unit env-start env-stop lock lock-check clean \
+	demo bench bench-steady
 
 help:
 	@echo "make demo       run mailsyncd end to end on the local stand-in environment (SQLite)"
@@ -37,7 +41,7 @@ format: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint packages
+test: lock-check lint packages
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 test-unit: venv
@@ -58,12 +62,19 @@ env-start: venv packages
 env-stop: venv
 	PYTHONPATH=deploy/local $(BIN)/python -m localenv stop --dir .localenv
 
-# Regenerates the lock files from pyproject.toml (needs the network to PyPI).
+# Regenerates the lock files from pyproject.toml (needs PyPI), keeping the versions they pin
+# unless pyproject.toml rules them out; `make lock UV_ARGS=--upgrade` moves to the newest.
 lock:
-	$(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install --quiet uv
-	.lock-venv/bin/uv pip compile pyproject.toml --python-version 3.11 --generate-hashes -q -o requirements.lock
-	.lock-venv/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes -q -o requirements-dev.lock
 	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install --quiet uv==$(UV_VERSION)
+	.lock-venv/bin/uv pip compile pyproject.toml --python-version 3.11 --generate-hashes -q $(UV_ARGS) -o requirements.lock
+	.lock-venv/bin/uv pip compile pyproject.toml --group dev --python-version 3.11 --generate-hashes -q $(UV_ARGS) -o requirements-dev.lock
+	$(PYTHON) .ci/lock_inputs.py stamp --uv $(UV_VERSION) $(LOCKS)
+	rm -rf .lock-venv
+
+# Offline: the lock files were made by `make lock` from this pyproject.toml with this uv.
+lock-check:
+	$(PYTHON) .ci/lock_inputs.py check --uv $(UV_VERSION) $(LOCKS)
 
 clean:
 	rm -rf $(VENV) .localenv .pytest_cache .mypy_cache .ruff_cache

@@ -1,11 +1,16 @@
 """Write the Kubernetes manifests that are derived from other files of the repository.
 
+- the ``runbook_url`` of every alert in ``deploy/prometheus/alerts.yaml`` (and of the alerts
+  its promtool tests in ``alerts_test.yaml`` expect): an absolute URL,
+  ``RUNBOOK_BASE_URL#<alert name in lower case>`` (Alertmanager and the notifications it sends
+  cannot resolve a relative link). ``RUNBOOK_BASE_URL`` below is the one place that says where
+  docs/operations.md is published: change it there and run this script.
 - ``base/prometheusrule.yaml``: a prometheus-operator PrometheusRule whose ``spec.groups`` are
   the groups of ``deploy/prometheus/alerts.yaml`` (kustomize cannot generate a custom resource).
 - ``base/dashboard-configmap.yaml``: ``deploy/grafana/mailsyncd.json`` in a ConfigMap that the
   Grafana sidecar discovers by its ``grafana_dashboard`` label.
 
-Run it after changing either source::
+Run it after changing either source or ``RUNBOOK_BASE_URL``::
 
     python deploy/kubernetes/generate.py          # rewrite the files
     python deploy/kubernetes/generate.py --check  # exit 1 if they are stale (the tests do this)
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,9 +31,14 @@ import yaml
 KUBERNETES = Path(__file__).resolve().parent
 DEPLOY = KUBERNETES.parent
 ALERTS = DEPLOY / "prometheus" / "alerts.yaml"
+ALERTS_TEST = DEPLOY / "prometheus" / "alerts_test.yaml"
 DASHBOARD = DEPLOY / "grafana" / "mailsyncd.json"
 PROMETHEUS_RULE = KUBERNETES / "base" / "prometheusrule.yaml"
 DASHBOARD_CONFIGMAP = KUBERNETES / "base" / "dashboard-configmap.yaml"
+
+# Where docs/operations.md (its "Runbooks" section) is published; each alert links to its own
+# heading there. Point it at your copy of the repository or documentation site.
+RUNBOOK_BASE_URL = "https://example.invalid/mailsyncd/blob/main/docs/operations.md"
 
 LABELS = {"app.kubernetes.io/name": "mailsyncd", "app.kubernetes.io/part-of": "mailsyncd"}
 
@@ -58,6 +69,33 @@ _Dumper.add_representer(str, _represent_str)
 
 def _dump(document: dict[str, Any]) -> str:
     return yaml.dump(document, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100_000)
+
+
+# `- alert: NAME` in a rule file, `alertname: NAME` in a promtool test file.
+_ALERT_LINE = re.compile(r"^\s*(?:- )?(?:alert|alertname):\s*(?P<name>\S+)\s*$")
+_RUNBOOK_LINE = re.compile(r"^(?P<indent>\s*)runbook_url:.*$")
+
+
+def runbook_url(alert: str, base_url: str = RUNBOOK_BASE_URL) -> str:
+    """The absolute runbook link of ``alert``: its heading in docs/operations.md."""
+    return f"{base_url}#{alert.lower()}"
+
+
+def with_runbook_urls(alerts_text: str, base_url: str = RUNBOOK_BASE_URL) -> str:
+    """``alerts_text`` with each ``runbook_url:`` line pointing at its alert's runbook (the
+    alert named last above it: a rule, or an expected alert in a promtool test file).
+
+    Only those lines change (comments and layout stay), so the file remains the one people edit.
+    """
+    lines = alerts_text.splitlines(keepends=True)
+    alert: str | None = None
+    for index, line in enumerate(lines):
+        if match := _ALERT_LINE.match(line):
+            alert = match["name"].strip("\"'")
+        elif (match := _RUNBOOK_LINE.match(line)) and alert is not None:
+            ending = line[len(line.rstrip("\r\n")) :]
+            lines[index] = f"{match['indent']}runbook_url: {runbook_url(alert, base_url)}{ending}"
+    return "".join(lines)
 
 
 def prometheus_rule(alerts_text: str) -> str:
@@ -95,8 +133,11 @@ def dashboard_configmap(dashboard_text: str) -> str:
 
 def render() -> dict[Path, str]:
     """Every generated file with the text it should have now."""
+    alerts = with_runbook_urls(ALERTS.read_text(encoding="utf-8"))
     return {
-        PROMETHEUS_RULE: prometheus_rule(ALERTS.read_text(encoding="utf-8")),
+        ALERTS: alerts,
+        ALERTS_TEST: with_runbook_urls(ALERTS_TEST.read_text(encoding="utf-8")),
+        PROMETHEUS_RULE: prometheus_rule(alerts),
         DASHBOARD_CONFIGMAP: dashboard_configmap(DASHBOARD.read_text(encoding="utf-8")),
     }
 

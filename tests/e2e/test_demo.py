@@ -1,4 +1,8 @@
-"""`make demo` runs end to end, syncs the three demo mailboxes and leaves no process behind."""
+"""`make demo` runs end to end, syncs the three demo mailboxes and leaves no process behind.
+
+It runs in a copy of the checkout under a directory no other user can search (as a clone in
+root's 0700 home is), on free ports, with the virtualenv of this checkout.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import time
@@ -21,9 +26,11 @@ from support.daemon import wait_for
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO_DIR = ROOT / ".demo"
+VENV = ROOT / ".venv"
 DEMO_TIMEOUT = 180.0
 APPENDED = re.compile(r"appended message #(\d+) to (\S+@\S+)")
+METRICS = re.compile(r"curl -s http://127\.0\.0\.1:(\d+)/metrics")
+IMAP_PORT = re.compile(r"Dovecot on 127\.0\.0\.1:(\d+), identity platform on :(\d+)")
 
 
 def _appended_message_id(counter: int) -> str:
@@ -32,24 +39,50 @@ def _appended_message_id(counter: int) -> str:
     return str(message.expected.message_id)
 
 
-def _demo_pids() -> set[int]:
+def _demo_pids(demo_dir: Path) -> set[int]:
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        return set(LocalEnv.load(DEMO_DIR / "env").info.pids.values())
+        return set(LocalEnv.load(demo_dir / "env").info.pids.values())
     return set()
 
 
-@pytest.mark.xdist_group("demo")  # fixed ports 10993, 10443 and 9464
+def _private_checkout(tmp_path: Path) -> Path:
+    """The checkout's files (tracked and new, not ignored) copied under a 0700 directory."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout.decode()
+    home = tmp_path / "home"
+    home.mkdir()
+    home.chmod(0o700)
+    checkout = home / "mailsyncd"
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if source.is_file():  # not a file deleted in the working tree
+            (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, checkout / name)  # mtimes kept: make sees the venv up to date
+    return checkout
+
+
 def test_make_demo_syncs_all_three_mailboxes_and_leaves_no_process_behind(
     tmp_path: Path,
 ) -> None:
+    checkout = _private_checkout(tmp_path)
+    demo_dir = checkout / ".demo"
     output_file = tmp_path / "demo.out"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSYNCD_")}
     env["DEMO_SECONDS"] = "12"
+    # Free ports: the demo picks them and prints them.
+    env.update(DEMO_IMAP_PORT="0", DEMO_IDP_PORT="0", DEMO_HTTP_PORT="0")
     started = time.monotonic()
     with output_file.open("wb") as out:
         proc = subprocess.Popen(
-            ["make", "demo"],
-            cwd=ROOT,
+            # This checkout's virtualenv, never (re)installed from the copy (-o: its stamp is
+            # taken as up to date), so that it keeps pointing at this checkout.
+            ["make", "-o", str(VENV / ".installed"), "demo", f"VENV={VENV}"],
+            cwd=checkout,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -70,7 +103,7 @@ def test_make_demo_syncs_all_three_mailboxes_and_leaves_no_process_behind(
             timeout=DEMO_TIMEOUT,
             what="the demo's first appended message",
         )
-        env_pids = _demo_pids()
+        env_pids = _demo_pids(demo_dir)
         tree = descendants(proc.pid) | env_pids
         for pid in env_pids:
             tree |= descendants(pid)
@@ -79,19 +112,25 @@ def test_make_demo_syncs_all_three_mailboxes_and_leaves_no_process_behind(
         if proc.poll() is None:  # only on failure: stop what it started, by PID
             proc.kill()
             proc.wait(10)
-            for pid in tree | _demo_pids():
+            for pid in tree | _demo_pids(demo_dir):
                 stop_pid(pid)
     elapsed = time.monotonic() - started
     print(f"make demo took {elapsed:.1f}s")  # shown with -rP
 
     text = output()
     assert code == 0, text[-4000:]
-    assert "curl -s http://127.0.0.1:9464/metrics" in text
+    assert "is not searchable" not in text
+    (http_port,) = METRICS.findall(text)
+    ((imap_port, idp_port),) = IMAP_PORT.findall(text)
+    assert f"DEMO_HTTP_PORT=0: mailsyncd HTTP on 127.0.0.1:{http_port} instead" in text
+    assert f"DEMO_IMAP_PORT=0: IMAPS (Dovecot) on 127.0.0.1:{imap_port} instead" in text
+    assert f"DEMO_IDP_PORT=0: identity platform on 127.0.0.1:{idp_port} instead" in text
+    assert "running: mailsyncd run -c .demo/demo.yaml" in text
     assert "from message_metadata order by first_seen_at desc limit 5" in text
     assert "mailsyncd stopped (exit 0)" in text
     assert len(env_pids) == 2, f"env.json should list dovecot and idp while running: {env_pids}"
     assert len(tree) > 4, f"make, the demo, mailsyncd, dovecot and its helpers: {tree}"
-    left = sorted(pid for pid in tree | _demo_pids() if _alive(pid))
+    left = sorted(pid for pid in tree | _demo_pids(demo_dir) if _alive(pid))
     assert left == [], f"processes left behind by the demo: {left}"
 
     appended: dict[str, set[str]] = {}
@@ -99,7 +138,7 @@ def test_make_demo_syncs_all_three_mailboxes_and_leaves_no_process_behind(
         appended.setdefault(mailbox, set()).add(_appended_message_id(int(number)))
     assert appended, text[-4000:]
     all_appended = set().union(*appended.values())
-    database = sqlite3.connect(f"file:{DEMO_DIR / 'mailsyncd.db'}?mode=ro", uri=True)
+    database = sqlite3.connect(f"file:{demo_dir / 'mailsyncd.db'}?mode=ro", uri=True)
     try:
         rows = database.execute(
             "SELECT mailbox, folder, uid, message_id, flags FROM message_metadata"

@@ -19,11 +19,13 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from importlib.resources import files
 from pathlib import Path, PurePosixPath
 from types import ModuleType
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import kubernetes_validate
@@ -31,7 +33,7 @@ import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
 
-from daemon.config import Config, config_from_mapping
+from daemon.config import Config, config_from_mapping, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -52,6 +54,11 @@ CRD_GROUP = "monitoring.coreos.com/"
 FEDERATED_TOKEN_FILE = "/var/run/secrets/azure/tokens/azure-identity-token"
 APP_UID = 10001
 CONTAINER_TMP = "/tmp"  # noqa: S108 - a path inside the container, not a file of this process
+CONFIG_DIR = PurePosixPath("/etc/mailsyncd")
+# The ConfigMap kustomize generates, named "<name>-<hash of the content>".
+GENERATED_CONFIGMAP = "mailsyncd-config"
+HASHED = re.compile(rf"^{GENERATED_CONFIGMAP}-[a-z0-9]{{10}}$")
+NODE_LOCAL_DNS = "169.254.20.10/32"
 
 Resource = dict[str, Any]
 
@@ -61,7 +68,7 @@ def _tool(name: str) -> str:
     beside = Path(sys.executable).with_name(name)
     found = str(beside) if beside.exists() else shutil.which(name)
     if found is None:
-        pytest.fail(f"{name} is not installed: run `make venv` (it is in the dev extras)")
+        pytest.fail(f"{name} is not installed: run `make venv` (it is in the dev dependency group)")
     return found
 
 
@@ -188,6 +195,7 @@ def _kustomize_command() -> list[str] | None:
 
 
 def _kustomize_build(directory: Path) -> list[Resource] | None:
+    """``kustomize build`` as it is, generated names with their hash (None: no kustomize)."""
     command = _kustomize_command()
     if command is None:
         return None
@@ -196,6 +204,20 @@ def _kustomize_build(directory: Path) -> list[Resource] | None:
     )
     assert result.returncode == 0, result.stderr
     return _load_yaml_documents(result.stdout)
+
+
+def _unhashed(resources: list[Resource]) -> list[Resource]:
+    """The generated ConfigMap under its plain name, everywhere it is named."""
+    text = json.dumps(resources)
+    return json.loads(
+        re.sub(rf'"{GENERATED_CONFIGMAP}-[a-z0-9]{{10}}"', f'"{GENERATED_CONFIGMAP}"', text)
+    )
+
+
+def _built(directory: Path) -> list[Resource]:
+    """Built by kustomize (generated names without their hash) when available, else plainly."""
+    built = _kustomize_build(directory)
+    return _unhashed(built) if built is not None else _plain_build(directory)
 
 
 def _plain_resources(directory: Path) -> list[Resource]:
@@ -221,18 +243,46 @@ def _merge(target: Any, patch: Any) -> Any:
     return copy.deepcopy(patch)
 
 
-def _plain_build(directory: Path) -> list[Resource]:
-    """A kustomization without kustomize: resources plus its strategic-merge patch files.
+def _generate_configmaps(
+    directory: Path, kustomization: dict[str, Any], resources: list[Resource]
+) -> None:
+    """``configMapGenerator`` entries with ``files``: created, or merged into the base's."""
+    for entry in kustomization.get("configMapGenerator", []):
+        assert set(entry) <= {"name", "files", "behavior", "options"}, entry
+        data = {}
+        for item in entry["files"]:
+            key, _, source = item.rpartition("=")
+            data[key or PurePosixPath(source).name] = (directory / source).read_text()
+        behavior = entry.get("behavior", "create")
+        if behavior == "create":
+            metadata: dict[str, Any] = {"name": entry["name"]}
+            if labels := entry.get("options", {}).get("labels"):
+                metadata["labels"] = dict(labels)
+            resources.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata})
+            resources[-1]["data"] = data
+            continue
+        (existing,) = [
+            r
+            for r in resources
+            if r["kind"] == "ConfigMap" and r["metadata"]["name"] == entry["name"]
+        ]
+        existing["data"] = {**existing["data"], **data} if behavior == "merge" else data
 
-    Only what this repository's kustomizations use: plain resources, patches by file that
+
+def _plain_build(directory: Path) -> list[Resource]:
+    """A kustomization without kustomize: resources, generated ConfigMaps, patch files.
+
+    Only what this repository's kustomizations use: plain resources, ConfigMaps generated
+    from files (named without the content hash kustomize appends), patches by file that
     merge maps or delete a resource (``$patch: delete``), and the namespace. The image name
     is left as the Deployment writes it.
     """
     kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
     known = {"apiVersion", "kind", "namespace", "resources", "patches", "images"}
-    unsupported = set(kustomization) - known
+    unsupported = set(kustomization) - known - {"configMapGenerator"}
     assert not unsupported, f"the plain build does not know {unsupported}: use kustomize"
     resources = _plain_resources(directory)
+    _generate_configmaps(directory, kustomization, resources)
     for entry in kustomization.get("patches", []):
         assert set(entry) == {"path"}, entry
         patch = yaml.safe_load((directory / entry["path"]).read_text())
@@ -259,9 +309,7 @@ BUILDS = {"base": BASE, "aks-workload-identity": AKS_OVERLAY}
 @pytest.fixture(scope="module", params=list(BUILDS))
 def build(request: pytest.FixtureRequest) -> list[Resource]:
     """The manifests of a kustomization: built by kustomize when available, else plainly."""
-    directory = BUILDS[request.param]
-    built = _kustomize_build(directory)
-    return built if built is not None else _plain_build(directory)
+    return _built(BUILDS[request.param])
 
 
 def _ids(resources: list[Resource]) -> set[tuple[str, str]]:
@@ -270,9 +318,10 @@ def _ids(resources: list[Resource]) -> set[tuple[str, str]]:
 
 def test_plain_files_build_the_same_resources_as_kustomize() -> None:
     for directory in BUILDS.values():
-        built = _kustomize_build(directory)
-        if built is None:
+        hashed = _kustomize_build(directory)
+        if hashed is None:
             pytest.skip("no kustomize on PATH (kustomize or kubectl): plain files only")
+        built = _unhashed(hashed)
         plain = _plain_build(directory)
         assert _ids(plain) == _ids(built)
         # Apart from the image name that kustomize rewrites, the contents agree too.
@@ -350,10 +399,15 @@ def _container(resources: list[Resource]) -> dict[str, Any]:
 
 
 def _config(resources: list[Resource]) -> tuple[dict[str, Any], Config]:
-    configmap = _one(resources, "ConfigMap", "mailsyncd-config")
+    """config.yaml of the ConfigMap, raw and loaded as the pod loads it: from the directory
+    the ConfigMap is mounted as, so that ``mailboxes_files`` finds its neighbours."""
+    configmap = _one(resources, "ConfigMap", GENERATED_CONFIGMAP)
     raw = yaml.safe_load(configmap["data"]["config.yaml"])
-    # Secret files exist only in the pod; the tests below check that each one is mounted.
-    return raw, config_from_mapping(raw, check_secrets=False)
+    with tempfile.TemporaryDirectory() as mounted:
+        for key, text in configmap["data"].items():
+            (Path(mounted) / key).write_text(text)
+        # Secret files exist only in the pod; the tests below check that each one is mounted.
+        return raw, load_config(Path(mounted) / "config.yaml", check_secrets=False)
 
 
 def test_pod_meets_the_restricted_pod_security_standard(build: list[Resource]) -> None:
@@ -486,12 +540,12 @@ def test_every_file_the_configuration_names_is_mounted(build: list[Resource]) ->
 
 def test_base_deploys_its_example_secret_and_the_overlay_never_overwrites_the_real_one() -> None:
     assert "Secret" in {r["kind"] for r in _plain_build(BASE)}
-    overlay = _kustomize_build(AKS_OVERLAY) or _plain_build(AKS_OVERLAY)
+    overlay = _built(AKS_OVERLAY)
     assert "Secret" not in {r["kind"] for r in overlay}
 
 
 def test_aks_overlay_uses_workload_identity_without_a_client_secret() -> None:
-    overlay = _kustomize_build(AKS_OVERLAY) or _plain_build(AKS_OVERLAY)
+    overlay = _built(AKS_OVERLAY)
     account = _one(overlay, "ServiceAccount", "mailsyncd")
     client_id = account["metadata"]["annotations"]["azure.workload.identity/client-id"]
     assert _pod(overlay)["metadata"]["labels"]["azure.workload.identity/use"] == "true"
@@ -578,6 +632,140 @@ def test_generator_notices_a_changed_source(tmp_path: Path) -> None:
     assert generator.stale({target: generator.prometheus_rule(changed)}) == [target]
 
 
+def test_every_alert_links_an_absolute_runbook_url_built_from_one_base_url(
+    build: list[Resource],
+) -> None:
+    generator = _generator()
+    base = urlsplit(generator.RUNBOOK_BASE_URL)
+    assert base.scheme == "https"
+    assert base.netloc
+    assert not base.fragment
+    rule = _one(build, "PrometheusRule", "mailsyncd")
+    for groups in (rule["spec"]["groups"], yaml.safe_load(ALERTS.read_text())["groups"]):
+        alerts = [item for group in groups for item in group["rules"] if "alert" in item]
+        assert alerts
+        for item in alerts:
+            url = item["annotations"]["runbook_url"]
+            assert url == f"{generator.RUNBOOK_BASE_URL}#{item['alert'].lower()}", url
+
+
+def test_changing_the_runbook_base_url_rewrites_only_the_runbook_lines() -> None:
+    generator = _generator()
+    text = ALERTS.read_text()
+    moved = generator.with_runbook_urls(text, "https://docs.example.test/ops.html")
+    changed = [
+        (before, after)
+        for before, after in zip(text.splitlines(), moved.splitlines(), strict=True)
+        if before != after
+    ]
+    alerts = [item for group in yaml.safe_load(text)["groups"] for item in group["rules"]]
+    assert len(changed) == len([item for item in alerts if "alert" in item])
+    assert all(
+        after.strip().startswith("runbook_url: https://docs.example.test/ops.html#")
+        for _, after in changed
+    )
+    assert [
+        item["annotations"]["runbook_url"] for item in yaml.safe_load(moved)["groups"][0]["rules"]
+    ] == [f"https://docs.example.test/ops.html#{item['alert'].lower()}" for item in alerts]
+    # A relative link, as an editor may write it, is stale until the generator has run.
+    relative = text.replace(generator.RUNBOOK_BASE_URL, "docs/operations.md", 1)
+    assert generator.with_runbook_urls(relative) == text
+
+
+def _generator_entry(directory: Path) -> dict[str, Any]:
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    (entry,) = [
+        e for e in kustomization.get("configMapGenerator", []) if e["name"] == GENERATED_CONFIGMAP
+    ]
+    return entry
+
+
+def test_configuration_is_a_generated_configmap_so_that_a_change_rolls_the_pods(
+    tmp_path: Path,
+) -> None:
+    for directory in BUILDS.values():
+        kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+        assert not kustomization.get("generatorOptions", {}).get("disableNameSuffixHash")
+        assert not _generator_entry(directory).get("options", {}).get("disableNameSuffixHash")
+    if _kustomize_command() is None:
+        pytest.skip("no kustomize on PATH (kustomize or kubectl): the hash is kustomize's")
+    copy_root = tmp_path / "kubernetes"
+    shutil.copytree(KUBERNETES, copy_root)
+
+    def names(directory: Path) -> tuple[str, str]:
+        built = _kustomize_build(directory)
+        assert built is not None
+        (configmap,) = [
+            r["metadata"]["name"]
+            for r in built
+            if r["kind"] == "ConfigMap" and r["metadata"]["name"].startswith(GENERATED_CONFIGMAP)
+        ]
+        volumes = _pod(built)["spec"]["volumes"]
+        (mounted,) = [v["configMap"]["name"] for v in volumes if "configMap" in v]
+        return configmap, mounted
+
+    for overlay in (copy_root / "base", copy_root / "overlays" / "aks-workload-identity"):
+        before, mounted = names(overlay)
+        assert HASHED.match(before), before
+        assert mounted == before, "the Deployment names the generated ConfigMap"
+        for changed in ("config.yaml", "mailboxes.yaml"):
+            path = copy_root / "base" / "config" / changed
+            if overlay.name != "base" and changed == "config.yaml":
+                path = overlay / "config" / changed
+            path.write_text(path.read_text() + "# changed\n")
+            after, mounted = names(overlay)
+            assert after != before, f"{changed}: same ConfigMap name, the pods would not roll"
+            assert mounted == after
+            before = after
+
+
+def test_configmap_holds_the_mailbox_list_in_its_own_file_named_by_mailboxes_files(
+    build: list[Resource],
+) -> None:
+    container = _container(build)
+    config_file = PurePosixPath(container["args"][container["args"].index("-c") + 1])
+    assert config_file == CONFIG_DIR / "config.yaml"
+    configmap = _one(build, "ConfigMap", GENERATED_CONFIGMAP)
+    assert set(configmap["data"]) == {"config.yaml", "mailboxes.yaml"}
+    raw, config = _config(build)
+    assert "mailboxes" not in raw, "the mailboxes live in mailboxes.yaml"
+    assert raw["mailboxes_files"] == ["mailboxes.yaml"]
+    listed = yaml.safe_load(configmap["data"]["mailboxes.yaml"])
+    assert isinstance(listed, list)
+    assert listed
+    assert [m.address for m in config.mailboxes] == [entry["address"] for entry in listed]
+
+
+def test_deployment_runs_two_replicas_that_share_postgresql_and_roll_one_at_a_time(
+    build: list[Resource],
+) -> None:
+    deployment = _one(build, "Deployment", "mailsyncd")
+    assert deployment["spec"]["replicas"] == 2
+    strategy = deployment["spec"]["strategy"]
+    assert strategy["type"] == "RollingUpdate"
+    # The new pod joins (and takes its share of leases) before an old one hands its back.
+    assert strategy["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    budget = _one(build, "PodDisruptionBudget", "mailsyncd")
+    assert budget["spec"] == {
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": deployment["spec"]["selector"]["matchLabels"]},
+    }
+    # Replicas share mailboxes through leases in PostgreSQL; SQLite runs exactly one replica.
+    raw, _ = _config(build)
+    assert raw["database"]["url"].startswith("postgresql+psycopg:")
+    pod = _pod(build)
+    spread = pod["spec"]["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in spread} == {
+        "kubernetes.io/hostname",
+        "topology.kubernetes.io/zone",
+    }
+    for constraint in spread:
+        assert (
+            constraint["labelSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+        )
+        assert constraint["whenUnsatisfiable"] == "ScheduleAnyway", "a one-node cluster still runs"
+
+
 def test_disruption_budget_and_network_policy_select_the_pod(build: list[Resource]) -> None:
     pod_labels = _pod(build)["metadata"]["labels"]
     budget = _one(build, "PodDisruptionBudget", "mailsyncd")
@@ -602,10 +790,44 @@ def test_network_policy_allows_egress_to_dns_identity_imap_and_database_only(
     assert allowed == {(53, "UDP"), (53, "TCP"), (443, "TCP"), (993, "TCP"), (5432, "TCP")}
     for rule in policy["spec"]["egress"]:
         for peer in rule["to"]:
-            if "ipBlock" in peer:
+            if peer.get("ipBlock", {}).get("cidr") == "0.0.0.0/0":
                 assert "169.254.0.0/16" in peer["ipBlock"]["except"], "no cloud metadata service"
     (ingress,) = policy["spec"]["ingress"]
     assert ingress["ports"] == [{"port": 9464, "protocol": "TCP"}]
+
+
+def _egress_to(policy: Resource, peer_matches: Any) -> set[tuple[int, str]]:
+    """Ports the policy opens towards peers for which ``peer_matches(peer)`` holds."""
+    return {
+        (port["port"], port.get("protocol", "TCP"))
+        for rule in policy["spec"]["egress"]
+        if any(peer_matches(peer) for peer in rule["to"])
+        for port in rule["ports"]
+    }
+
+
+def test_network_policy_allows_dns_to_kube_dns_and_node_local_dns_and_nothing_else_link_local(
+    build: list[Resource],
+) -> None:
+    policy = _one(build, "NetworkPolicy", "mailsyncd")
+    dns = {(53, "UDP"), (53, "TCP")}
+    kube_dns = _egress_to(
+        policy,
+        lambda peer: peer.get("podSelector", {}).get("matchLabels") == {"k8s-app": "kube-dns"},
+    )
+    assert kube_dns == dns
+    # NodeLocal DNSCache answers on 169.254.20.10 on each node, outside any pod selector.
+    node_local = _egress_to(
+        policy, lambda peer: peer.get("ipBlock", {}).get("cidr") == NODE_LOCAL_DNS
+    )
+    assert node_local == dns
+    link_local = [
+        peer["ipBlock"]["cidr"]
+        for rule in policy["spec"]["egress"]
+        for peer in rule["to"]
+        if peer.get("ipBlock", {}).get("cidr", "").startswith("169.254.")
+    ]
+    assert link_local == [NODE_LOCAL_DNS], "the metadata endpoint 169.254.169.254 stays closed"
 
 
 # -- compose ---------------------------------------------------------------------------------
@@ -685,7 +907,41 @@ def test_compose_mounts_files_that_exist(compose: dict[str, Any]) -> None:
         for target, source in _binds(service).items():
             assert source.exists(), f"{name}: {source} for {target}"
     for name, secret in compose["secrets"].items():
-        assert (COMPOSE_DIR / secret["file"]).is_file(), name
+        # The real file is the operator's copy of its example (git ignores it).
+        assert _example(COMPOSE_DIR / secret["file"]).is_file(), name
+
+
+def _example(path: Path) -> Path:
+    return path.with_name(f"{path.name}.example")
+
+
+def _git_ignored(path: Path) -> bool:
+    git = shutil.which("git")
+    if git is None:
+        pytest.skip("git is not installed")
+    result = subprocess.run(
+        [git, "check-ignore", "--no-index", "--quiet", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    assert result.returncode in (0, 1), result.stderr
+    return result.returncode == 0
+
+
+def test_compose_secrets_are_git_ignored_and_only_their_examples_are_kept(
+    compose: dict[str, Any],
+) -> None:
+    for name, secret in compose["secrets"].items():
+        real = (COMPOSE_DIR / secret["file"]).resolve()
+        assert real.parent == COMPOSE_DIR / "secrets", name
+        assert _git_ignored(real), f"{name}: {real} would be committed"
+        assert not _git_ignored(_example(real)), f"{name}: the example must be in git"
+    # Whatever an operator adds there is a secret too.
+    assert _git_ignored(COMPOSE_DIR / "secrets" / "tenant-b-certificate.pem")
+    assert not _git_ignored(COMPOSE_DIR / "mailsyncd.yaml"), "the configuration is no secret"
 
 
 def test_compose_provisions_prometheus_and_grafana_from_the_repository(
@@ -726,7 +982,9 @@ def test_compose_configuration_is_valid_and_names_only_mounted_secrets(
     named = {str(t.credential.client_secret_file) for t in config.tenants}
     named.add(mailsyncd["environment"]["PGSERVICEFILE"])
     assert named <= mounted, named - mounted
-    # The service file and the database's password file agree.
-    service_file = (COMPOSE_DIR / compose["secrets"]["pg_service.conf"]["file"]).read_text()
-    password = (COMPOSE_DIR / compose["secrets"]["postgres-password"]["file"]).read_text().strip()
+    # The examples of the service file and of the database's password file agree.
+    service_file = _example(COMPOSE_DIR / compose["secrets"]["pg_service.conf"]["file"]).read_text()
+    password = (
+        _example(COMPOSE_DIR / compose["secrets"]["postgres-password"]["file"]).read_text().strip()
+    )
     assert f"password={password}" in service_file.splitlines()
