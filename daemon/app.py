@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
@@ -27,6 +28,7 @@ from daemon.config.diff import ConfigDiff
 from daemon.errors import AlreadyRunning, MailsyncError
 from daemon.http import HealthServer
 from daemon.imap.client import ImapMailbox
+from daemon.imap.idle import IdleHub
 from daemon.imap.pool import SessionPool
 from daemon.logging import (
     Logger,
@@ -37,13 +39,16 @@ from daemon.logging import (
 )
 from daemon.metrics import Metrics
 from daemon.ports import Session
+from daemon.runtime.leases import LeaseKeeper
 from daemon.runtime.limiter import TenantLimiter
+from daemon.runtime.push import Push
 from daemon.runtime.reload import LiveConfig, Reloader, ReloadTargets
 from daemon.runtime.supervisor import Runtime
 from daemon.runtime.timer import ApschedulerTimer
 from daemon.runtime.worker import MailboxWorker
 from daemon.status import replica_id
 from daemon.store.engine import create_engine_for
+from daemon.store.leases import FencedStore, LeaseStore
 from daemon.store.migrate import is_at_head
 from daemon.store.migrate import migrate as run_migrations
 from daemon.store.repository import SqlStore
@@ -115,6 +120,15 @@ def _run_lock(config: Config) -> RunLock | None:
     return None if database is None else RunLock(database, replica_id())
 
 
+def _fenced(store: SqlStore, leases: LeaseKeeper) -> Callable[[str], FencedStore]:
+    """The store of one mailbox's polls: every write carries the mailbox's lease."""
+
+    def store_for(address: str) -> FencedStore:
+        return FencedStore(store, address, lambda: leases.fence(address))
+
+    return store_for
+
+
 class _Readiness:
     """``/readyz``: the database answers and its schema is at head (checked until it is)."""
 
@@ -143,6 +157,22 @@ class _Parts:
     runtime: Runtime
     http: HealthServer
     reloader: Reloader
+    leases: LeaseKeeper | None
+    """None with SQLite: one replica runs every configured mailbox."""
+    idle: IdleHub
+
+    def start_mailboxes(self, config: Config) -> None:
+        self.idle.start()
+        if self.leases is None:
+            self.runtime.start(config.mailbox_settings())
+            return
+        self.runtime.start(())
+        self.leases.set_mailboxes(config.mailbox_settings())
+        self.leases.start()
+
+    def alive(self) -> bool:
+        leases_alive = self.leases is None or self.leases.alive()
+        return self.runtime.alive() and self.tokens.alive() and self.idle.alive() and leases_alive
 
 
 class Daemon:
@@ -209,12 +239,14 @@ class Daemon:
             parts.engine.dispose()
             return 1
         parts.tokens.start()
-        parts.runtime.start(config.mailbox_settings())
+        parts.start_mailboxes(config)
         log.info("running", listen=f"{parts.http.host or '0.0.0.0'}:{parts.http.port}")  # noqa: S104
         exit_code = 0
         next_check = time.monotonic() + RELOAD_CHECK_SECONDS
         while not self.stop_event.wait(1.0):
-            if not (parts.runtime.alive() and parts.tokens.alive()):
+            if parts.leases is not None:
+                parts.leases.enforce()
+            if not parts.alive():
                 log.error("a background thread stopped unexpectedly; exiting")
                 exit_code = 1
                 break
@@ -234,8 +266,11 @@ class Daemon:
         self.log.info("stopping")
         if not parts.runtime.stop(timeout=SHUTDOWN_POLLS_TIMEOUT):
             self.log.warning("polls still running at shutdown; uncommitted batches are redone")
+        parts.idle.stop()
         parts.sessions.close_all(deadline=SHUTDOWN_SESSIONS_TIMEOUT)
         parts.runtime.save_statuses()  # the last polls' outcomes
+        if parts.leases is not None:
+            parts.leases.stop()  # hands the leases back: the other replicas take over now
         parts.tokens.stop()
         parts.http.stop()
         parts.engine.dispose()
@@ -248,8 +283,23 @@ class Daemon:
         ProcessCollector(registry=registry)  # process_*: CPU, memory, open fds (SPEC)
         metrics = Metrics(registry, [t.name for t in config.tenants], __version__)
         store = SqlStore(engine, on_write=metrics.db_write)
-        metrics.set_config_loaded(True)
-        metrics.set_replicas(1)  # one replica runs every mailbox it is configured with
+        owner = replica_id()
+        leases = None
+        if engine.dialect.name == "postgresql":
+            ttl = config.cluster.lease_ttl
+            leases = LeaseKeeper(
+                store=LeaseStore(engine, statement_timeout=ttl / 3),
+                replica=owner,
+                version=__version__,
+                ttl=ttl,
+                reconcile=lambda wanted, handed_over: runtime.reconcile(
+                    wanted, handed_over=handed_over
+                ),
+                log=log,
+                on_replicas=metrics.set_replicas,
+            )
+        else:
+            metrics.set_replicas(1)  # SQLite: one replica runs every configured mailbox
 
         def on_token(tenant: str, ok: bool, token: AccessToken | None) -> None:
             metrics.token_request(tenant, ok)
@@ -277,6 +327,15 @@ class Daemon:
 
         limits = config.limits
         rng = random.Random()  # noqa: S311 - jitter, not cryptography
+
+        # The runtime is built last (it needs the worker); these reach it once it exists.
+        def push_now(address: str) -> None:
+            runtime.push(address)
+
+        def set_idle(address: str, idle: bool) -> None:
+            runtime.set_idle(address, idle)
+
+        hub = IdleHub(wake=push_now, log=log)
         sessions = SessionPool(
             connect=connect,
             max_open=limits.max_open_sessions,
@@ -285,16 +344,19 @@ class Daemon:
             log=log,
             on_login=metrics.imap_login,
             on_count=metrics.set_sessions_open,
+            on_release=hub.unwatch,
         )
+        push = Push(hub, renew=limits.idle_renew, log=log, on_idle=set_idle, wake=push_now)
         worker = MailboxWorker(
+            push=push,
             store=store,
             tokens=tokens,
             sessions=sessions,
             metrics=metrics,
             log=log,
             batch_size=limits.fetch_batch_size,
+            store_for=None if leases is None else _fenced(store, leases),
         )
-        owner = replica_id()
         runtime = Runtime(
             poller=worker,
             timer=ApschedulerTimer(workers=limits.max_concurrent_polls, log=log),
@@ -331,6 +393,8 @@ class Daemon:
                 sessions.set_max_open(new.limits.max_open_sessions)
             if "limits.fetch_batch_size" in keys:
                 worker.set_batch_size(new.limits.fetch_batch_size)
+            if "limits.idle_renew" in keys:
+                push.set_renew(new.limits.idle_renew)
 
         def drop_tenants(names: tuple[str, ...]) -> None:
             for name in names:
@@ -342,7 +406,7 @@ class Daemon:
             targets=ReloadTargets(
                 set_tenants=set_tenants,
                 set_limits=set_limits,
-                reconcile=runtime.reconcile,
+                reconcile=runtime.reconcile if leases is None else leases.set_mailboxes,
                 drop_tenants=drop_tenants,
                 set_log_level=set_log_level,
             ),
@@ -361,4 +425,6 @@ class Daemon:
             _Readiness(store, engine),
             status=status,
         )
-        return _Parts(engine, metrics, registry, tokens, sessions, runtime, http, reloader)
+        return _Parts(
+            engine, metrics, registry, tokens, sessions, runtime, http, reloader, leases, hub
+        )

@@ -63,14 +63,23 @@ def run(args: argparse.Namespace) -> int:
 
     secrets = SecretRegistry()
     log = configure_from(config, secrets)
-    return Daemon(config, log, migrate=not args.no_migrate, secrets=secrets).run()
+    try:
+        return Daemon(config, log, migrate=not args.no_migrate, secrets=secrets).run()
+    except OSError as exc:
+        # A path the configuration names that the system refuses (an SQLite file whose
+        # directory cannot be created, say): a fact to report, not a bug to trace.
+        log.error("cannot start", error=str(exc), error_type=type(exc).__name__)  # noqa: TRY400
+        return EXIT_FAILURE
 
 
 def check(args: argparse.Namespace) -> int:
     """``mailsyncd check``: 0 every step passed, 1 a step failed, 2 bad config."""
     from daemon.check import Step, format_step, format_summary, run_check, write_json  # noqa: PLC0415
+    from daemon.check.database import environ_for_check  # noqa: PLC0415
 
     path = args.config or os.environ.get(CONFIG_ENV_VAR)
+    # check needs no database (SPEC): an unset database.url_env variable only skips that step.
+    environ, database = environ_for_check(args.config)
 
     def refuse(detail: str, problems: list[str], fix: str) -> int:
         if args.json:
@@ -86,7 +95,7 @@ def check(args: argparse.Namespace) -> int:
 
     try:
         # Secret files are the check's to diagnose: missing ones become failed steps.
-        config = load_config(args.config, check_secrets=False)
+        config = load_config(args.config, environ, check_secrets=False)
     except ConfigError as exc:
         return refuse(
             f"invalid configuration ({len(exc.errors)} error(s))",
@@ -112,6 +121,7 @@ def check(args: argparse.Namespace) -> int:
         mailboxes=[a.strip().lower() for a in args.mailbox],
         timeout=args.timeout,
         emit=emit,
+        database=database,
     )
     if args.json:
         write_json(steps, sys.stdout, config=str(path))

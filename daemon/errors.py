@@ -15,6 +15,8 @@ happened, never a secret or message data.
     MailsyncError                 reason "other"
     ├── TransientError            retry with backoff; reason "other"
     │   ├── DatabaseError         database unreachable, locked, connection lost; "database"
+    │   ├── LeaseLost             another replica holds the mailbox's lease now: the write
+    │   │                         was refused (fenced); "database"
     │   ├── TokenUnavailable      the identity platform could not answer now (network, 5xx,
     │   │                         429 with ``retry_after``); "token"
     │   ├── ImapTimeout           an IMAP connect or read timed out; "timeout"
@@ -120,6 +122,19 @@ class AlreadyRunning(PermanentError):
     reason = "database"
 
 
+class LeaseLost(TransientError):
+    """The mailbox's lease is no longer this replica's: its write was refused (fenced)."""
+
+    reason = "database"
+
+    def __init__(self, mailbox: str) -> None:
+        super().__init__(
+            f"the lease of {mailbox} is held by another replica now; nothing was written",
+            hint="another replica polls this mailbox now; see mailbox_status.owner",
+        )
+        self.mailbox = mailbox
+
+
 class UnknownFolder(PermanentError):
     """A store call named a folder id that has no row (nothing was written)."""
 
@@ -144,10 +159,19 @@ class TokenRejected(PermanentError):
 
     reason = "token"
 
-    def __init__(self, message: str, *, code: int | None = None, hint: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        hint: str | None = None,
+        description: str | None = None,
+    ) -> None:
         super().__init__(message, hint=hint)
         self.code = code
         """The AADSTS error number, when the platform gave one."""
+        self.description = description
+        """The platform's own ``error_description`` (one line, without trace ids), if any."""
 
 
 class SecretReadError(PermanentError):

@@ -15,15 +15,17 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 
+from daemon.config import parse_listen
 from daemon.logging import get_logger
 
 _log = get_logger(__name__)
@@ -38,23 +40,32 @@ _POLL_INTERVAL: Final = 0.1
 _CLIENT_TIMEOUT: Final = 10.0
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    """Splits ``host:port`` (``[v6]:port`` for IPv6, ``:port`` for every interface)."""
-    text = listen.strip()
-    if text.startswith("["):
-        host, bracket, rest = text[1:].partition("]")
-        if not bracket or not rest.startswith(":"):
-            raise ValueError(f"listen address {listen!r} is not [host]:port")
-        port_text = rest[1:]
-    else:
-        host, colon, port_text = text.rpartition(":")
-        if not colon:
-            raise ValueError(f"listen address {listen!r} is not host:port")
-        if ":" in host:
-            raise ValueError(f"listen address {listen!r}: write an IPv6 host as [{host}]:port")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"listen address {listen!r}: port must be a number from 0 to 65535")
-    return host, int(port_text)
+class _WithoutCreated(Collector):
+    """The families of a registry without their ``_created`` samples.
+
+    In the text format prometheus_client writes every counter's and histogram's creation time
+    as a gauge of its own (``..._created``): one more series per labelled child, which nothing
+    reads and every Prometheus stores. Filtering here instead of calling
+    ``disable_created_metrics()`` leaves the library's process-wide switch alone.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            created = family.name + "_created"
+            if not any(sample.name == created for sample in family.samples):
+                yield family
+                continue
+            kept = Metric(family.name, family.documentation, family.type, family.unit)
+            kept.samples = [sample for sample in family.samples if sample.name != created]
+            yield kept
+
+
+def render_text(registry: CollectorRegistry) -> bytes:
+    """The Prometheus text exposition of ``registry`` as ``/metrics`` serves it."""
+    return generate_latest(_WithoutCreated(registry))
 
 
 class _Server(ThreadingHTTPServer):
@@ -144,7 +155,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _metrics(self, send_body: bool) -> None:
         try:
-            payload = generate_latest(self.server.registry)
+            payload = render_text(self.server.registry)
         except Exception:  # noqa: BLE001 - a broken collector must not kill the handler
             _log.exception("metrics_render_failed")
             self._send(500, _TEXT, b"metrics unavailable\n", send_body=send_body)
@@ -232,8 +243,9 @@ class HealthServer:
         *,
         status: Callable[[], Mapping[str, object]] | None = None,
     ) -> None:
-        """``status`` returns the JSON document of ``GET /status``; without it that is 404."""
-        self._host, self._port = parse_listen(listen)
+        """``listen`` is ``http.listen`` as the configuration accepts it (a ValueError
+        otherwise); ``status`` returns the JSON document of ``GET /status``, else that is 404."""
+        self._host, self._port = parse_listen(listen)  # the configuration's own parser
         self._registry = registry
         self._health = health
         self._readiness = readiness

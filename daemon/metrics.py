@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Final, Literal
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector
 
 from daemon import __version__
 from daemon.errors import REASONS, Reason
@@ -117,14 +117,15 @@ class Metrics:
         )
         self.mailboxes = Gauge(
             "mailsyncd_mailboxes",
-            "Mailboxes owned by this replica, by scheduling state.",
-            ["state"],
+            "Mailboxes owned by this replica (plus disabled ones), by tenant and scheduling state.",
+            ["tenant", "state"],
             registry=reg,
         )
         self.oldest_successful_poll_timestamp_seconds = Gauge(
             "mailsyncd_oldest_successful_poll_timestamp_seconds",
-            "Unix time of the stalest mailbox's last successful poll "
-            "(the start time for one that never succeeded).",
+            "Unix time of the last successful poll of the tenant's stalest mailbox on this "
+            "replica (the start time for one that never succeeded; 0: none owned).",
+            ["tenant"],
             registry=reg,
         )
         self.db_write_duration_seconds = Histogram(
@@ -158,11 +159,6 @@ class Metrics:
             ["tenant"],
             registry=reg,
         )
-        self.config_loaded = Gauge(
-            "mailsyncd_config_loaded",
-            "1 once a valid configuration is loaded, else 0.",
-            registry=reg,
-        )
         self.folders_missing = Gauge(
             "mailsyncd_folders_missing",
             "Configured folders that the server does not list (marked and skipped).",
@@ -172,6 +168,18 @@ class Metrics:
         self.mailboxes_owned = Gauge(
             "mailsyncd_mailboxes_owned",
             "Enabled mailboxes this replica runs (holds the lease of, with replicas).",
+            ["tenant"],
+            registry=reg,
+        )
+        self.initial_sync_remaining_messages = Gauge(
+            "mailsyncd_initial_sync_remaining_messages",
+            "Messages initial syncs in progress still have to fetch.",
+            ["tenant"],
+            registry=reg,
+        )
+        self.idle_sessions = Gauge(
+            "mailsyncd_idle_sessions",
+            "Mailboxes whose IMAP session waits in IDLE for new mail (push).",
             ["tenant"],
             registry=reg,
         )
@@ -192,9 +200,10 @@ class Metrics:
         )
         for tenant in self.tenants:
             self._init_tenant(tenant)
-        for state in MAILBOX_STATES:
-            self.mailboxes.labels(state)
         self.build_info.labels(version).set(1)
+        # python_info (implementation and version); process_* comes from the ProcessCollector
+        # the composition root registers on the same registry.
+        PlatformCollector(registry=reg)
 
     def add_tenant(self, tenant: str) -> None:
         """Export a tenant added while running at 0, like those known at start."""
@@ -218,6 +227,11 @@ class Metrics:
         self.polls_in_flight.labels(tenant)
         self.mailboxes_configured.labels(tenant)
         self.mailboxes_owned.labels(tenant)
+        self.initial_sync_remaining_messages.labels(tenant)
+        self.idle_sessions.labels(tenant)
+        self.oldest_successful_poll_timestamp_seconds.labels(tenant)
+        for state in MAILBOX_STATES:
+            self.mailboxes.labels(tenant, state)
 
     def poll_finished(
         self,
@@ -261,17 +275,24 @@ class Metrics:
         """Records how late a poll started; an early start counts as 0."""
         self.schedule_delay_seconds.observe(max(seconds, 0.0))
 
-    def set_mailbox_states(self, counts: Mapping[str, int]) -> None:
-        """Sets the mailbox count of every state; a state absent from ``counts`` becomes 0."""
-        unknown = set(counts) - set(MAILBOX_STATES)
+    def set_mailbox_states(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """Sets the mailbox count of every (tenant, state); a pair absent from ``counts`` is 0."""
+        unknown = {state for _, state in counts} - set(MAILBOX_STATES)
         if unknown:
             raise ValueError(f"unknown mailbox states {sorted(unknown)}")
-        for state in MAILBOX_STATES:
-            self.mailboxes.labels(state).set(counts.get(state, 0))
+        for tenant in self._known_and(tenant for tenant, _ in counts):
+            for state in MAILBOX_STATES:
+                self.mailboxes.labels(tenant, state).set(counts.get((tenant, state), 0))
 
-    def set_oldest_success(self, ts: float | None) -> None:
-        """Sets the stalest last-success time; None (some mailbox never succeeded) sets 0."""
-        self.oldest_successful_poll_timestamp_seconds.set(0 if ts is None else ts)
+    def set_oldest_success(self, by_tenant: Mapping[str, float]) -> None:
+        """Sets each tenant's stalest last-success time; a tenant absent (none owned) gets 0."""
+        for tenant in self._known_and(by_tenant):
+            self.oldest_successful_poll_timestamp_seconds.labels(tenant).set(
+                by_tenant.get(tenant, 0)
+            )
+
+    def _known_and(self, tenants: Iterable[str]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((*self.tenants, *tenants)))
 
     def token_request(self, tenant: str, ok: bool) -> None:
         """Counts one token request to the identity platform."""
@@ -305,6 +326,16 @@ class Metrics:
         for tenant in (*self.tenants, *(t for t in counts if t not in self.tenants)):
             self.mailboxes_owned.labels(tenant).set(counts.get(tenant, 0))
 
+    def set_initial_sync_remaining(self, counts: Mapping[str, int]) -> None:
+        """Sets the messages still to fetch per tenant; a known tenant absent becomes 0."""
+        for tenant in (*self.tenants, *(t for t in counts if t not in self.tenants)):
+            self.initial_sync_remaining_messages.labels(tenant).set(counts.get(tenant, 0))
+
+    def set_idle_sessions(self, counts: Mapping[str, int]) -> None:
+        """Sets the mailboxes in IDLE per tenant; a known tenant absent becomes 0."""
+        for tenant in (*self.tenants, *(t for t in counts if t not in self.tenants)):
+            self.idle_sessions.labels(tenant).set(counts.get(tenant, 0))
+
     def set_replicas(self, count: int) -> None:
         """Sets how many live replicas this one sees (itself included)."""
         self.replicas.set(count)
@@ -314,10 +345,6 @@ class Metrics:
         self.config_last_reload_successful.set(1 if ok else 0)
         if ok:
             self.config_last_reload_success_timestamp_seconds.set(when)
-
-    def set_config_loaded(self, loaded: bool) -> None:
-        """Marks whether a valid configuration is loaded."""
-        self.config_loaded.set(1 if loaded else 0)
 
     def set_folders_missing(self, count: int) -> None:
         """Sets how many configured folders the servers do not list."""

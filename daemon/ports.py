@@ -15,8 +15,9 @@ after its technology and satisfies one of these structurally:
 from __future__ import annotations
 
 import datetime as dt
+import socket
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol
+from typing import Literal, Protocol
 
 from daemon.auth import AccessToken
 from daemon.config import MailboxSettings
@@ -61,6 +62,11 @@ class MailboxClient(Protocol):
     def fetch_flags_changed_since(self, modseq: int) -> Mapping[int, Flags]: ...
 
 
+IdleStart = Literal["idling", "changed", "unsupported"]
+"""``idling``: in IDLE, nothing reported yet; ``changed``: the server reported news at once (IDLE
+was ended again: poll); ``unsupported``: the server does not advertise IDLE."""
+
+
 class Session(MailboxClient, Protocol):
     """A mailbox client with a lifetime of its own: log in, probe, log out."""
 
@@ -79,6 +85,27 @@ class Session(MailboxClient, Protocol):
 
     def logout(self) -> None:
         """Log out and close; never raises; idempotent."""
+        ...
+
+    @property
+    def idling(self) -> bool:
+        """In IMAP IDLE: only ``end_idle`` and ``logout`` may be called."""
+        ...
+
+    def start_idle(self, folder: str) -> IdleStart:
+        """Start IDLE on ``folder`` (see :data:`IdleStart`)."""
+        ...
+
+    def idle_news(self) -> bool:
+        """Its socket became readable in IDLE: True for news (poll), False for a keepalive."""
+        ...
+
+    def end_idle(self) -> None:
+        """End IDLE (DONE); what the server reported meanwhile marks the folder changed."""
+        ...
+
+    def socket(self) -> socket.socket:
+        """The connection, to wait on while in IDLE (never read from outside)."""
         ...
 
 

@@ -44,9 +44,10 @@ FIELDS: Final[tuple[str, ...]] = (
     "last_error",
     "hint",
     "initial_sync_remaining",
+    "idle",
 )
-"""The columns of the view ``mailbox_status`` and the keys of :meth:`MailboxStatus.to_json`,
-in the SPEC's order."""
+"""The columns of the view ``mailbox_status`` and the keys of :meth:`MailboxStatus.to_json`:
+the SPEC's, in its order, then ``idle`` (SPEC "Push": whether the mailbox is in IDLE)."""
 
 _FAILING_STATES: Final = frozenset({"backoff", "auth_failed"})
 
@@ -73,6 +74,8 @@ class MailboxStatus:
     last_error: str | None
     hint: str | None
     initial_sync_remaining: int
+    idle: bool = False
+    """Its first folder waits in IMAP IDLE for new mail (push) between polls."""
 
     def __post_init__(self) -> None:
         mailbox = clean_text(self.mailbox.strip().lower()) or ""
@@ -114,6 +117,7 @@ class MailboxStatus:
             "last_error": self.last_error,
             "hint": self.hint,
             "initial_sync_remaining": self.initial_sync_remaining,
+            "idle": self.idle,
         }
 
 

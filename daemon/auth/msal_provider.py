@@ -5,7 +5,10 @@ token once 2/3 of the lifetime has passed, so the daemon keeps the token itself 
 ``refresher.py``) and this adapter empties MSAL's cache (``remove_tokens_for_client``) before
 every request. Every MSAL failure shape is translated here, in one place:
 error dicts (AADSTS codes), ``MsalServiceError`` (5xx), ``requests`` exceptions (network), and
-the ``ValueError`` that OIDC discovery raises for an unknown tenant.
+the ``ValueError`` that OIDC discovery raises for an unknown tenant. An error dict is a refusal
+(``TokenRejected``: the tenant's mailboxes park as ``auth_failed``) or transient
+(``TokenUnavailable``) by its OAuth ``error`` field and HTTP status (``hints.is_refusal``),
+never by a list of AADSTS codes.
 """
 
 from __future__ import annotations
@@ -25,7 +28,14 @@ from cryptography.hazmat.primitives import serialization
 from requests.adapters import HTTPAdapter
 
 from daemon.auth import AccessToken
-from daemon.auth.hints import PERMANENT_CODES, hint_for
+from daemon.auth.hints import (
+    FEDERATED_MISMATCH_CODES,
+    assertion_claims,
+    entra_description,
+    federated_hint,
+    hint_for,
+    is_refusal,
+)
 from daemon.config import Tenant
 from daemon.errors import SecretReadError, TokenRejected, TokenUnavailable
 from daemon.tls import make_ssl_context
@@ -109,6 +119,8 @@ class _TenantState:
     rotated: bool = False
     retry_after: float | None = None
     """The platform's Retry-After of the last answer (429, 503), in seconds."""
+    last_status: int | None = None
+    """The HTTP status of the platform's last answer (an error dict does not carry it)."""
     throttled_until: float = 0.0
     """No request before this time (epoch s): the platform's Retry-After."""
     http_cache: dict[str, Any] = field(default_factory=dict)
@@ -165,6 +177,7 @@ class MsalTokenClient:
         session = requests.Session()
 
         def remember_retry_after(response: requests.Response, **_kwargs: Any) -> None:
+            state.last_status = response.status_code
             value = response.headers.get("Retry-After")
             state.retry_after = float(value) if value and value.isdigit() else None
             if state.retry_after is not None:
@@ -245,7 +258,7 @@ class MsalTokenClient:
                 f"tenant {tenant.name}: the identity platform asked to wait {wait:.0f} s",
                 retry_after=wait,
             )
-        state.retry_after = None
+        state.retry_after = state.last_status = None
         try:
             app = self._app(state)
             app.remove_tokens_for_client()
@@ -279,12 +292,15 @@ class MsalTokenClient:
         if "access_token" not in result:
             self._observe(tenant.name, ok=False)
             code = _aadsts_code(result)
-            error = str(result.get("error", "unknown_error"))
-            if code in PERMANENT_CODES:
-                raise self._rejected(state, code, error)
+            error = str(result.get("error") or "") or None
+            if is_refusal(error, code, state.last_status):
+                raise self._rejected(
+                    state, code, error or "refused", description=result.get("error_description")
+                )
             raise TokenUnavailable(
-                f"tenant {tenant.name}: token request failed: {error}"
-                + (f" (AADSTS{code})" if code else ""),
+                f"tenant {tenant.name}: token request failed: {error or 'no error field'}"
+                + (f" (AADSTS{code})" if code else "")
+                + (f" (HTTP {state.last_status})" if state.last_status else ""),
                 hint=hint_for(code),
                 retry_after=state.retry_after,
             )
@@ -295,7 +311,9 @@ class MsalTokenClient:
         self._observe(tenant.name, ok=True, token=token)
         return token
 
-    def _rejected(self, state: _TenantState, code: int | None, what: str) -> TokenRejected:
+    def _rejected(
+        self, state: _TenantState, code: int | None, what: str, *, description: object = None
+    ) -> TokenRejected:
         tenant = state.tenant
         credential = tenant.credential
         source = (
@@ -310,8 +328,26 @@ class MsalTokenClient:
             tenant_id=tenant.tenant_id,
             thumbprint=state.thumbprint or "<thumbprint>",
         )
+        if code in FEDERATED_MISMATCH_CODES and credential.federated_token_file is not None:
+            hint = federated_hint(tenant.client_id, self._presented(state))
+        entra = entra_description(description)
         label = f"AADSTS{code}" if code else "no AADSTS code"
-        return TokenRejected(f"tenant {tenant.name}: {what} ({label})", code=code, hint=hint)
+        return TokenRejected(
+            f"tenant {tenant.name}: {what} ({label})",
+            code=code,
+            # A code without a hint of ours: Entra's own words are the best advice there is.
+            hint=hint or entra,
+            description=entra,
+        )
+
+    @staticmethod
+    def _presented(state: _TenantState) -> dict[str, str]:
+        """What the projected federated token claims to be (iss, sub, aud), never the token."""
+        try:
+            assertion = state.tenant.credential.read_federated_token().get_secret_value()
+        except SecretReadError:
+            return {}
+        return dict(assertion_claims(assertion))
 
     def _tls_hint(self, exc: BaseException) -> str | None:
         if any(isinstance(seen, requests.exceptions.SSLError) for seen in _chain(exc)):

@@ -261,7 +261,9 @@ class TokenRefresher:
         last = state.last_error
         if isinstance(last, TokenRejected):
             # Still the configuration's fault: the mailbox is parked as auth_failed.
-            return TokenRejected(str(last), code=last.code, hint=last.hint)
+            return TokenRejected(
+                str(last), code=last.code, hint=last.hint, description=last.description
+            )
         return TokenUnavailable(
             f"tenant {state.name}: no valid token; the last request failed ({last})",
             hint=last.hint if last is not None else None,

@@ -16,7 +16,7 @@ from typing import Final
 
 import jwt
 
-from daemon.auth.hints import hint_for
+from daemon.auth.hints import FEDERATED_MISMATCH_CODES, hint_for
 from daemon.check.model import Finding
 from daemon.config import Tenant
 from daemon.errors import (
@@ -35,6 +35,12 @@ from daemon.errors import (
 IMAP_ROLE: Final = "IMAP.AccessAsApp"
 EXCHANGE_RESOURCE: Final = "https://outlook.office365.com"
 EXCHANGE_SCOPE: Final = f"{EXCHANGE_RESOURCE}/.default"
+# Both name the Office 365 Exchange Online resource: Microsoft Learn, "Authenticate an IMAP,
+# POP or SMTP connection using OAuth" (learn.microsoft.com/exchange/client-developer/
+# legacy-protocols/how-to-authenticate-an-imap-pop-smtp-application-by-using-oauth) uses
+# https://outlook.office.com/... scopes in its examples against outlook.office365.com and
+# https://outlook.office365.com/.default for client credentials.
+EXCHANGE_RESOURCES: Final = frozenset({EXCHANGE_RESOURCE, "https://outlook.office.com"})
 EXCHANGE_APP_ID: Final = "00000002-0000-0ff1-ce00-000000000000"  # Office 365 Exchange Online
 EXCHANGE_IMAP_HOST: Final = "outlook.office365.com"
 OID_PLACEHOLDER: Final = "<object id of the Enterprise application>"
@@ -54,6 +60,10 @@ _AADSTS_NAMES: Final = {
     7000112: "application disabled",
     53003: "blocked by Conditional Access",
     90055: "tenant throttled",
+    7000229: "no service principal in the tenant",
+    700211: "federated credential issuer does not match",
+    700212: "federated credential audience does not match",
+    700213: "federated credential subject does not match",
 }
 
 
@@ -118,7 +128,7 @@ def check_audience(claims: Claims, tenant: Tenant, key: str) -> Finding:
     """The token must be for the IMAP server's resource (``aud``)."""
     resource = scope_resource(tenant.scope)
     accepted = {resource, f"{resource}/"}
-    if resource == EXCHANGE_RESOURCE:
+    if resource in EXCHANGE_RESOURCES:
         accepted.add(EXCHANGE_APP_ID)
     shown = ", ".join(claims.audiences) or "none"
     if not accepted & set(claims.audiences):
@@ -141,13 +151,23 @@ def check_audience(claims: Claims, tenant: Tenant, key: str) -> Finding:
         return Finding.failed(
             f"token audience is {shown}, not {resource}", cause=cause, fix=fix, aud=shown
         )
-    if resource != EXCHANGE_RESOURCE and tenant.imap.host.lower() == EXCHANGE_IMAP_HOST:
+    if resource not in EXCHANGE_RESOURCES and tenant.imap.host.lower() == EXCHANGE_IMAP_HOST:
         return Finding.failed(
             f"token audience is {shown}",
-            cause=f"{EXCHANGE_IMAP_HOST} accepts only tokens for {EXCHANGE_RESOURCE}",
+            cause=f"{EXCHANGE_IMAP_HOST} accepts only tokens for Exchange Online "
+            f"({EXCHANGE_RESOURCE})",
             fix=f"set {key}.scope to {EXCHANGE_SCOPE} (now {tenant.scope})",
             aud=shown,
         )
+    if resource != EXCHANGE_RESOURCE and tenant.imap.host.lower() == EXCHANGE_IMAP_HOST:
+        # Not a failure: nothing Microsoft documents says outlook.office365.com refuses other
+        # audiences, and its own examples use https://outlook.office.com scopes against it
+        # (see EXCHANGE_RESOURCES). The login step shows whether the server accepts it.
+        warning = (
+            f"{key}.scope asks for {resource}, not the documented {EXCHANGE_SCOPE}; if "
+            f"imap.login fails, set {key}.scope to {EXCHANGE_SCOPE}"
+        )
+        return Finding.passed(f"audience {shown} (warning: {warning})", aud=shown, warning=warning)
     return Finding.passed(f"audience {shown}", aud=shown)
 
 
@@ -188,9 +208,13 @@ def check_expiry(claims: Claims, now: float) -> Finding:
 def exchange_fix(tenant: Tenant, mailbox: str, oid: str | None, *, registered: bool) -> str:
     """The Exchange Online PowerShell that lets the application open ``mailbox`` over IMAP."""
     object_id = oid or OID_PLACEHOLDER
-    lines = [
-        f"in Exchange Online PowerShell (Connect-ExchangeOnline -Organization {tenant.tenant_id}):"
-    ]
+    # An administrator signs in interactively with -UserPrincipalName; -Organization is for
+    # app-only connections (Microsoft Learn, "Connect to Exchange Online PowerShell").
+    connect = (
+        f"in Exchange Online PowerShell, signed in to tenant {tenant.tenant_id} as an Exchange "
+        "administrator (Connect-ExchangeOnline -UserPrincipalName followed by your account):"
+    )
+    lines = [connect]
     if not registered:
         lines.append(
             f"New-ServicePrincipal -AppId {tenant.client_id} -ObjectId {object_id}"
@@ -264,6 +288,13 @@ def diagnose_login(
 def diagnose_session_error(error: ImapError, *, tenant: Tenant, what: str) -> Finding:
     """An IMAP failure that is not about permissions: expiry, throttling, network."""
     detail = f"IMAP {what} failed: {error}"
+    if isinstance(error, MailboxAccessDenied):
+        return Finding.failed(
+            detail,
+            cause="the server accepted the token but refused the mailbox: the application has "
+            "no FullAccess on it (or too many sessions are open on it)",
+            fix=error.hint or "grant the application FullAccess on the mailbox",
+        )
     if isinstance(error, TokenExpiredOnServer):
         return Finding.failed(
             detail,
@@ -329,7 +360,9 @@ def diagnose_token_error(
             "then run check again",
         )
     code = error.code
-    name = _AADSTS_NAMES.get(code, "see the AADSTS reference")
+    # A code we have no name for: the platform's own words (error_description).
+    described = (error.description or "").removeprefix(f"AADSTS{code}:").strip()
+    name = _AADSTS_NAMES.get(code) or described or "see the AADSTS reference"
     credential = tenant.credential
     if credential.client_secret_env is not None:
         source = f"the variable {credential.client_secret_env} ({key}.credential.client_secret_env)"
@@ -339,6 +372,12 @@ def diagnose_token_error(
     hint = error.hint or hint_for(
         code, secret_source=source, client_id=tenant.client_id, tenant_id=tenant.tenant_id
     )
+    if hint is None or hint == error.description:
+        # No advice of ours: the cause quotes the platform; point at its page for the code.
+        hint = (
+            "do what the identity platform's description says; Microsoft's page for the code: "
+            f"https://login.microsoftonline.com/error?code={code}"
+        )
     cause = f"the identity platform refused the token request: AADSTS{code} ({name})"
     if code == 7000215 and secret_is_guid:
         cause += "; the configured secret has the form of a GUID: that is the secret's ID"
@@ -371,6 +410,17 @@ def _az_for(code: int, tenant: Tenant, source: str) -> str | None:
         return (
             f"look it up: curl -s {tenant.authority}/v2.0/.well-known/openid-configuration "
             "(an answer with an issuer means the tenant exists in this cloud)"
+        )
+    if code == 7000229:
+        return (
+            f"check it: az ad sp show --id {client} (signed in to tenant {tenant.tenant_id}); "
+            "a multi-tenant app gets its service principal in a customer tenant by admin "
+            f"consent: {tenant.authority_host}/{tenant.tenant_id}/adminconsent?client_id={client}"
+        )
+    if code in FEDERATED_MISMATCH_CODES and tenant.credential.federated_token_file is None:
+        return (
+            "the federated credentials Entra ID has: "
+            f"az ad app federated-credential list --id {client}"
         )
     if code == 70021:
         return (

@@ -20,6 +20,7 @@ JSON_VERSION: Final = 1
 # Every step id, in the order a tenant's steps run (the schema lists the same ids).
 STEP_IDS: Final = (
     "config",
+    "database",
     "credential",
     "token",
     "token.audience",

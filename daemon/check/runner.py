@@ -1,5 +1,6 @@
 """Runs the steps of ``mailsyncd check`` in order, each bounded in time, skipping dependents.
 
+First the database, when its URL is available here (``database.py``; skipped otherwise).
 Per tenant: credential -> token -> token.audience / token.roles / token.expiry, and
 imap.dns -> imap.tcp -> imap.tls; per mailbox: imap.login (needs the token and imap.tls) ->
 imap.examine per folder. The same adapters as ``mailsyncd run`` do the work (MsalTokenClient,
@@ -17,6 +18,7 @@ from daemon.auth import AccessToken
 from daemon.auth.msal_provider import MsalTokenClient
 from daemon.check import diagnose
 from daemon.check.credential import check_credential
+from daemon.check.database import DatabaseSource, check_database
 from daemon.check.model import Finding, Step
 from daemon.check.network import (
     StepTimeout,
@@ -91,8 +93,12 @@ def run_check(
     mailboxes: Sequence[str] = (),
     timeout: float = DEFAULT_TIMEOUT,
     emit: Emit = lambda _step: None,
+    database: DatabaseSource = DatabaseSource(),  # noqa: B008 - frozen, immutable
 ) -> list[Step]:
-    """Check ``config`` (only ``mailboxes`` and their tenants, if any are named); every step."""
+    """Check ``config`` (only ``mailboxes`` and their tenants, if any are named); every step.
+
+    ``database`` says whether the configuration's database URL is the real one here.
+    """
     recorder = _Recorder(emit)
     settings = config.mailbox_settings()
     wanted = {address.lower() for address in mailboxes}
@@ -108,6 +114,7 @@ def run_check(
             f"{len(chosen)} mailbox(es)",
         )
     )
+    _database(recorder, config, database, timeout)
     ca_file = str(config.tls.ca_file) if config.tls.ca_file else None
     client = MsalTokenClient([t for _, t in tenants], ca_file=ca_file)
     context = ssl_context_or_finding(ca_file)
@@ -123,6 +130,34 @@ def run_check(
             config=config,
         ).run([(i, m) for i, m in chosen if m.tenant == tenant.name])
     return recorder.steps
+
+
+def _database(recorder: _Recorder, config: Config, source: DatabaseSource, timeout: float) -> None:
+    started = time.monotonic()
+    finding = check_database(config, source, timeout)
+    if finding is None:
+        variable = source.unset_variable
+        recorder.add(
+            Step(
+                "database",
+                "skip",
+                f"not run: database.url_env names {variable}, which is not set here (check "
+                "needs no database; set it to check the database too)",
+                data={"variable": variable},
+            )
+        )
+        return
+    recorder.add(
+        Step(
+            "database",
+            finding.status,
+            finding.detail,
+            cause=finding.cause,
+            fix=finding.fix,
+            duration_s=time.monotonic() - started,
+            data=finding.data,
+        )
+    )
 
 
 @dataclass

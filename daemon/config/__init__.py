@@ -21,8 +21,10 @@ from daemon.config.fields import (
     ConfigError,
     ConfigIssue,
     MailboxSettings,
+    check_database_url,
     format_errors,
     parse_duration,
+    parse_listen,
 )
 from daemon.config.loader import config_from_mapping, load_config
 from daemon.config.model import (
@@ -66,9 +68,11 @@ __all__ = [
     "Tenant",
     "TenantChange",
     "TlsConfig",
+    "check_database_url",
     "config_from_mapping",
     "diff",
     "format_errors",
     "load_config",
     "parse_duration",
+    "parse_listen",
 ]

@@ -40,6 +40,7 @@ RESTART_KEYS: tuple[str, ...] = (
     "limits.max_concurrent_polls",
     "tls.ca_file",
     "logging.format",
+    "cluster.lease_ttl",
 )
 """Key paths (a section stands for every key in it) that a running daemon cannot apply."""
 

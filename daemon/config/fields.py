@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,12 @@ _DB_URL_RE = re.compile(r"[a-z][a-z0-9+]*://\S*")
 _DB_URL_HINT = (
     "must be a SQLAlchemy URL such as postgresql+psycopg://user@host/db or sqlite:////path/db"
 )
+# The drivers this build ships (psycopg 3, the stdlib sqlite3); `postgres` is an old alias.
+_DB_DRIVERS = frozenset(
+    {"postgresql", "postgres", "postgresql+psycopg", "sqlite", "sqlite+pysqlite"}
+)
+_LISTEN_HINT = "must be host:port, e.g. 0.0.0.0:9464, [::]:9464 or 127.0.0.1:9464"
+_HOST_LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +95,8 @@ class MailboxSettings:
     full_scan_interval: float
     backfill_days: int | None
     enabled: bool = True
+    idle: bool = False
+    """Keep the first folder in IMAP IDLE between polls (push; servers without IDLE poll)."""
 
 
 # -- values ------------------------------------------------------------------------------------
@@ -110,6 +120,92 @@ def parse_duration(value: object) -> float:
     if not math.isfinite(seconds) or seconds < 1:
         raise ValueError("must be at least 1s")
     return seconds
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Split ``http.listen`` into the host to bind and the port: the one parser of this value.
+
+    ``host:port`` (a name or an IPv4 address), ``[v6]:port`` for IPv6, ``:port`` for every IPv4
+    interface; port 0 binds a free port, which the ``running`` log event names.
+    """
+    text = value.strip()
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or not rest.startswith(":") or not _is_ipv6(host):
+            raise ValueError(f"{_LISTEN_HINT}; [...] holds an IPv6 address")
+        port_text = rest[1:]
+    else:
+        host, colon, port_text = text.rpartition(":")
+        if not colon:
+            raise ValueError(_LISTEN_HINT)
+        if ":" in host:
+            raise ValueError(f"{_LISTEN_HINT}; write an IPv6 address in brackets: [{host}]:port")
+        if host and not _is_host_name_or_ipv4(host):
+            raise ValueError(f"{_LISTEN_HINT}; {host[:80]!r} is not a host name or IPv4 address")
+    if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
+        raise ValueError(f"{_LISTEN_HINT}; the port is a number from 0 to 65535")
+    return host, int(port_text)
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_host_name_or_ipv4(text: str) -> bool:
+    labels = text.removesuffix(".").split(".")
+    if len(text) > 253 or not all(_HOST_LABEL_RE.fullmatch(label) for label in labels):
+        return False
+    if all(label.isdigit() for label in labels):  # digits only: must be a real IPv4 address
+        try:
+            ipaddress.IPv4Address(text)
+        except ValueError:
+            return False
+    return True
+
+
+def check_database_url(text: str) -> str:
+    """Check ``database.url`` the way the engine will read it; return it stripped.
+
+    The one parser of this value: SQLAlchemy's URL parser and the chosen dialect's own reading
+    of the URL, limited to the drivers this build ships. Messages never repeat the URL, which
+    may hold a password.
+    """
+    from sqlalchemy.engine import make_url  # noqa: PLC0415 - keeps --help and validate light
+    from sqlalchemy.exc import ArgumentError, SAWarning  # noqa: PLC0415
+
+    text = text.strip()
+    if not _DB_URL_RE.fullmatch(text):
+        raise ValueError(_DB_URL_HINT)
+    try:
+        url = make_url(text)
+    except (ArgumentError, ValueError):
+        raise ValueError(
+            f"{_DB_URL_HINT} (this one cannot be parsed: check the port, and write special"
+            " characters of the password %-encoded)"
+        ) from None
+    if url.drivername not in _DB_DRIVERS:
+        raise ValueError(
+            f"database {url.drivername[:40]!r} is not supported: use PostgreSQL through psycopg 3"
+            " (postgresql+psycopg://user@host/db) or SQLite (sqlite:////path/db)"
+        )
+    if url.port is not None and not 1 <= url.port <= 65535:
+        raise ValueError(f"{_DB_URL_HINT}; the port is a number from 1 to 65535")
+    if url.drivername in {"postgresql", "postgres"}:
+        url = url.set(drivername="postgresql+psycopg")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", SAWarning)  # e.g. a query argument SQLite ignores
+            url.get_dialect()().create_connect_args(url)
+    except (ArgumentError, SAWarning, TypeError, ValueError) as exc:
+        reason = str(exc).splitlines()[0].replace(text, "<url>")[:200]
+        if url.get_backend_name() == "sqlite":
+            reason = f"{reason}; a SQLite URL names only a file: sqlite:////path/db"
+        raise ValueError(f"{_DB_URL_HINT}, not accepted by the database driver: {reason}") from None
+    return text
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ssl
+from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn, Self
 from urllib.parse import urlsplit
 
@@ -19,8 +21,6 @@ from pydantic import (
 )
 
 from daemon.config.fields import (
-    _DB_URL_HINT,
-    _DB_URL_RE,
     _DOMAIN_RE,
     _GUID_RE,
     _INLINE_HINT,
@@ -41,9 +41,12 @@ from daemon.config.fields import (
     _env_value,
     _lower,
     _read,
+    check_database_url,
+    parse_listen,
 )
 from daemon.config.sources import ConfigSources
 from daemon.errors import SecretReadError
+from daemon.tls import make_ssl_context
 
 # -- models ------------------------------------------------------------------------------------
 
@@ -76,8 +79,8 @@ class DatabaseConfig(_Model):
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not _DB_URL_RE.fullmatch(value.get_secret_value().strip()):
-            raise ValueError(_DB_URL_HINT)
+        if value is not None:
+            check_database_url(value.get_secret_value())
         return value
 
     @field_validator("url_env")
@@ -88,8 +91,10 @@ class DatabaseConfig(_Model):
         resolved = _env_value(_env_name(value), info)
         if resolved is None:
             raise ValueError(f"environment variable {value} is not set")
-        if not _DB_URL_RE.fullmatch(resolved):
-            raise ValueError(f"environment variable {value} {_DB_URL_HINT}")
+        try:
+            check_database_url(resolved)
+        except ValueError as exc:
+            raise ValueError(f"environment variable {value}: {exc}") from None
         return value
 
     @model_validator(mode="after")
@@ -116,33 +121,38 @@ class HttpConfig(_Model):
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
-        _split_listen(value)
+        parse_listen(value)  # the HTTP server parses it with the same function
         return value.strip()
 
     @property
     def host(self) -> str:
-        """The address to bind, without IPv6 brackets."""
-        return _split_listen(self.listen)[0]
+        """The address to bind, without IPv6 brackets (empty: every IPv4 interface)."""
+        return parse_listen(self.listen)[0]
 
     @property
     def port(self) -> int:
-        """The TCP port to bind."""
-        return _split_listen(self.listen)[1]
-
-
-def _split_listen(value: str) -> tuple[str, int]:
-    host, sep, port = value.strip().rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError("must be host:port, e.g. 0.0.0.0:9464 or [::]:9464")
-    return host, int(port)
+        """The TCP port to bind (0: a free one)."""
+        return parse_listen(self.listen)[1]
 
 
 class TlsConfig(_Model):
     """``tls``: an extra CA bundle for every outbound TLS connection."""
 
     ca_file: PlainFile | None = None
+
+    @field_validator("ca_file")
+    @classmethod
+    def _check_ca_file(cls, value: Path | None) -> Path | None:
+        # Loaded exactly as every TLS connection loads it, so a file run cannot use fails here.
+        if value is not None:
+            try:
+                make_ssl_context(str(value))
+            except (ssl.SSLError, OSError, ValueError):
+                raise ValueError(
+                    f"{str(value)!r} holds no CA certificate in PEM format"
+                    " (-----BEGIN CERTIFICATE-----)"
+                ) from None
+        return value
 
 
 class LoggingConfig(_Model):
@@ -161,6 +171,11 @@ class Defaults(_Model):
     full_scan_interval: Duration = 900.0
     folders: Folders = ("INBOX",)
     backfill_days: Count | None = None  # None: the whole folder on first sync
+    idle: StrictBool = False
+    """Keep the first folder in IMAP IDLE between polls (push)."""
+
+
+MAX_IDLE_RENEW = 29 * 60.0
 
 
 class Limits(_Model):
@@ -173,6 +188,35 @@ class Limits(_Model):
     """IMAP sessions kept open between polls; the least recently used is closed first."""
     imap_timeout: Duration = 60.0
     """Seconds any one IMAP command (and the connect) may take before it fails as a timeout."""
+    idle_renew: Duration = 1500.0
+    """Seconds after which an IMAP IDLE is ended and started again (Exchange ends it at 30 min)."""
+
+    @field_validator("idle_renew")
+    @classmethod
+    def _before_the_server_ends_it(cls, value: float) -> float:
+        if value > MAX_IDLE_RENEW:
+            raise ValueError(
+                f"must be at most {MAX_IDLE_RENEW:g}s (29 minutes, RFC 2177): servers end an"
+                " IDLE after 30 minutes"
+            )
+        return value
+
+
+MIN_LEASE_TTL = 2.0
+
+
+class ClusterConfig(_Model):
+    """``cluster``: how replicas that share one PostgreSQL database share the mailboxes."""
+
+    lease_ttl: Duration = 30.0
+    """Seconds a mailbox lease lasts unless renewed; renewed every third of it (PostgreSQL)."""
+
+    @field_validator("lease_ttl")
+    @classmethod
+    def _long_enough(cls, value: float) -> float:
+        if value < MIN_LEASE_TTL:
+            raise ValueError(f"must be at least {MIN_LEASE_TTL:g}s")
+        return value
 
 
 class CertificateCredential(_RejectsInlineSecrets):
@@ -316,9 +360,10 @@ class Mailbox(_Model):
     full_scan_interval: Duration | None = None
     backfill_days: Count | None = None  # an explicit null means the whole folder
     enabled: StrictBool = True
+    idle: StrictBool | None = None
 
 
-_SECTIONS = ("http", "tls", "logging", "defaults", "limits")
+_SECTIONS = ("http", "tls", "logging", "defaults", "limits", "cluster")
 _LOADER_ONLY = (
     "mailbox files are read only when the configuration is loaded with load_config() or"
     " config_from_mapping()"
@@ -339,6 +384,7 @@ class Config(_Model):
     logging: LoggingConfig = LoggingConfig()
     defaults: Defaults = Defaults()
     limits: Limits = Limits()
+    cluster: ClusterConfig = ClusterConfig()
     tenants: tuple[Tenant, ...]
     mailboxes: tuple[Mailbox, ...] = ()
     mailboxes_files: Patterns = ()
@@ -412,6 +458,7 @@ class Config(_Model):
                     m.backfill_days if "backfill_days" in m.model_fields_set else d.backfill_days
                 ),
                 enabled=m.enabled,
+                idle=d.idle if m.idle is None else m.idle,
             )
             for m in self.mailboxes
         )

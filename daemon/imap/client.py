@@ -19,6 +19,7 @@ import contextlib
 import datetime as dt
 import functools
 import imaplib
+import io
 import re
 import select
 import socket
@@ -32,6 +33,7 @@ from imapclient.datetime_util import format_criteria_date
 from imapclient.exceptions import LoginError
 from imapclient.response_parser import parse_fetch_response
 
+from daemon.auth.hints import mailbox_grant_hint, token_object_id
 from daemon.errors import (
     AuthFailed,
     CapabilityMissing,
@@ -45,8 +47,10 @@ from daemon.errors import (
     TlsVerifyError,
     TokenExpiredOnServer,
 )
-from daemon.imap.fetch_parser import parse_fetch
-from daemon.imap.parse import FETCH_ITEMS, parse_message
+from daemon.imap import fetch_reader
+from daemon.imap.fetch_parser import parse_fetch, parse_records
+from daemon.imap.parse import FETCH_ITEMS
+from daemon.ports import IdleStart
 from daemon.sync.algorithm import ServerFolder
 from daemon.sync.model import Flags, MessageRecord, normalize_flags
 
@@ -94,9 +98,14 @@ class ImapMailbox:
         self._timeout = timeout
         self._closed = False
         self._completed = 0
+        self._idling = False
         self._selected: tuple[str, ServerFolder, float] | None = None
         """The examined folder, what EXAMINE said, and when (monotonic)."""
         self._exists_at_examine: int | None = None
+        self._user: str | None = None
+        """The mailbox logged in as, for the hint of a refused mailbox."""
+        self._object_id: str | None = None
+        """The token's ``oid`` (the service principal), for the same hint."""
         with self._guard("connect"):
             self._capabilities = _capability_names(client.capabilities())
 
@@ -123,16 +132,29 @@ class ImapMailbox:
 
     # -- session ---------------------------------------------------------------------------
     def login_xoauth2(self, user: str, token: str) -> None:
-        """Authenticate with SASL XOAUTH2, then re-read CAPABILITY (it changes after login)."""
+        """Authenticate with SASL XOAUTH2, re-read CAPABILITY (it changes after login), and
+        send one more command so that a mailbox the app may not open fails here.
+
+        Exchange Online accepts AUTHENTICATE for a mailbox without the app's FullAccess grant
+        and refuses only the next command (``BAD User is authenticated but not connected.``,
+        then ``* BYE``; team notes, "Exchange Online IMAP behaviour"). ENABLE, where the server
+        has it, is that command; elsewhere (Exchange has no ENABLE) NAMESPACE, or ``LIST ""
+        ""`` on a server without NAMESPACE: both are cheap and change nothing.
+        """
         auth = f"user={user}\x01auth=Bearer {token}\x01\x01"
         secrets = (token, auth, base64.b64encode(auth.encode()).decode("ascii"))
+        self._user, self._object_id = user, token_object_id(token)
         with self._guard("login", secrets=secrets):
             self._client.oauth2_login(user, token)
-        with self._guard("capability"):
+        with self._guard("login"):
             self._capabilities = _capability_names(self._client.capabilities())
             if {"CONDSTORE", "ENABLE"} <= self._capabilities:
                 # Without it Dovecot leaves HIGHESTMODSEQ out of EXAMINE.
                 self._client.enable("CONDSTORE")
+            elif "NAMESPACE" in self._capabilities:
+                _checked(*self._imap.namespace())
+            else:
+                _checked(*self._imap.list('""', '""'))
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -179,10 +201,85 @@ class ImapMailbox:
         self._closed = True
         try:
             self._client.socket().settimeout(min(self._timeout, LOGOUT_TIMEOUT))
+            if self._idling:
+                self._idling = False
+                self._client.idle_done()
             self._client.logout()
         except Exception:  # noqa: BLE001 - a session that ends badly is still ended
             with contextlib.suppress(Exception):
                 self._client.shutdown()
+
+    # -- IDLE (RFC 2177) -------------------------------------------------------------------
+    @property
+    def idling(self) -> bool:
+        return self._idling
+
+    def socket(self) -> socket.socket:
+        sock: socket.socket = self._client.socket()
+        return sock
+
+    def start_idle(self, folder: str) -> IdleStart:
+        """Start IDLE on ``folder`` (examined first unless it is the examined one).
+
+        What the server sent together with ``+ idling`` already sits in the client's buffers,
+        where a wait on the socket would never see it: when anything is there, the IDLE ends
+        again at once and the answer is ``changed`` (the caller polls).
+        """
+        if "IDLE" not in self._capabilities:
+            return "unsupported"
+        if self._selected is None or self._selected[0] != folder:
+            self.examine(folder)
+        with self._guard("idle", folder=folder):
+            self._client.idle()
+        self._idling = True
+        if self._buffered_input():
+            self.end_idle()
+            self._selected = None
+            return "changed"
+        return "idling"
+
+    def idle_news(self) -> bool:
+        """The socket of this session in IDLE became readable: read it without blocking.
+
+        True when the server reported a change, said BYE, or closed the connection (the
+        caller polls); False for a keepalive (Dovecot's ``* OK Still here``): IDLE goes on.
+        """
+        try:
+            responses = self._client.idle_check(timeout=0)
+        except Exception:  # noqa: BLE001 - a broken session is news: the poll replaces it
+            return True
+        if not responses:
+            return True  # readable but no line: EOF (or a line cut short)
+        if any(_is_change(response) for response in responses):
+            self._selected = None  # read outside imaplib's untagged responses
+            return True
+        return False
+
+    def _buffered_input(self) -> bool:
+        """Whether a reply waits in the TLS layer or imaplib's buffer (no blocking read)."""
+        sock = self._client.socket()
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True
+        sock.setblocking(False)
+        try:
+            # A buffered reader returns what it holds without touching the socket; when it
+            # holds nothing, its one read of the non-blocking socket finds data or fails.
+            reader: io.BufferedReader = self._imap.file  # type: ignore[assignment]
+            return bool(reader.peek(1))
+        except (OSError, ValueError):
+            return False
+        finally:
+            sock.settimeout(self._timeout)
+
+    def end_idle(self) -> None:
+        """DONE, and read until IDLE's tagged answer; news makes the next EXAMINE a real one."""
+        if not self._idling:
+            return
+        self._idling = False
+        with self._guard("idle"):
+            _, responses = self._client.idle_done()
+        if any(_is_change(response) for response in responses):
+            self._selected = None
 
     # -- folders ---------------------------------------------------------------------------
     def list_folders(self) -> list[str]:
@@ -265,8 +362,9 @@ class ImapMailbox:
         if not uids:
             return []
         wanted = set(uids)
-        response = self._uid_fetch(uid_set(wanted), FETCH_ITEMS, op="fetch")
-        return [parse_message(uid, response[uid]) for uid in sorted(wanted & response.keys())]
+        with self._guard("fetch"):
+            response = fetch_reader.uid_fetch(self._imap, f"{uid_set(wanted)} {FETCH_ITEMS}")
+        return parse_records(response, wanted)
 
     def fetch_all_flags(self) -> dict[int, Flags]:
         """Flags of every message of the examined folder, by UID (``UID FETCH 1:*``)."""
@@ -341,9 +439,23 @@ class ImapMailbox:
     def _guard(
         self, op: str, *, folder: str | None = None, secrets: Sequence[str] = ()
     ) -> Iterator[None]:
-        with _mapped(op, folder=folder, secrets=secrets, farewell=self._farewell):
-            yield
+        try:
+            with _mapped(op, folder=folder, secrets=secrets, farewell=self._farewell):
+                yield
+        except MailboxAccessDenied as exc:
+            if self._user is not None:  # the fix with this mailbox and principal filled in
+                exc.hint = mailbox_grant_hint(self._user, self._object_id)
+            raise
         self._completed += 1
+
+
+_IDLE_NEWS: Final = frozenset({b"EXISTS", b"EXPUNGE", b"FETCH", b"RECENT", b"VANISHED", b"BYE"})
+
+
+def _is_change(response: object) -> bool:
+    """An untagged response of IDLE that says the folder changed (or the session ends)."""
+    words = response if isinstance(response, tuple) else (response,)
+    return any(isinstance(word, bytes) and word.upper() in _IDLE_NEWS for word in words)
 
 
 def _keepalive(sock: socket.socket) -> None:
@@ -458,6 +570,15 @@ def _scrub(value: object, secrets: Sequence[str]) -> object:
 
 
 # -- small helpers -------------------------------------------------------------------------
+def _checked(typ: str, data: Sequence[Any]) -> None:
+    """Raise for a NO that means the same on any command (a BAD raises in imaplib already)."""
+    if typ != "OK":
+        detail = _detail(_response_text(data))
+        error = _by_text(detail, "login")
+        if error is not None:
+            raise error
+
+
 def _quote_folder(folder: str) -> str:
     """The folder as an IMAP quoted string of its modified UTF-7 name (always ASCII)."""
     encoded = str(imap_utf7.encode(folder).decode("ascii"))

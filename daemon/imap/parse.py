@@ -30,8 +30,8 @@ FETCH_ITEMS: Final = (
 
 # Markers servers put in ENVELOPE addresses when the header had no address: Dovecot writes
 # MISSING_DOMAIN / MISSING_MAILBOX, UW-IMAP and its descendants .MISSING-HOST-NAME.
-_NO_HOST: Final = frozenset({b"MISSING_DOMAIN", b".MISSING-HOST-NAME."})
-_NO_MAILBOX: Final = frozenset({b"MISSING_MAILBOX"})
+NO_HOST: Final = frozenset({b"MISSING_DOMAIN", b".MISSING-HOST-NAME."})
+NO_MAILBOX: Final = frozenset({b"MISSING_MAILBOX"})
 
 # An encoded word (RFC 2047). Stricter than RFC in one way only: the text may not contain
 # "?"; looser in that it may contain spaces, which some mailers emit in Q words.
@@ -69,7 +69,7 @@ def parse_message(uid: int, data: Mapping[bytes, Any]) -> MessageRecord:
     else:
         fields = header_fields(block)
         date_value = fields.get(b"date")
-        sent_at = None if date_value is None else parse_date(date_value.decode("latin-1"))
+        sent_at = None if date_value is None else fast_date(date_value)
     from_addresses = addresses(envelope.from_)
     return MessageRecord(
         uid=uid,
@@ -99,7 +99,7 @@ def addresses(entries: Sequence[Any] | None) -> tuple[str, ...]:
     out: list[str] = []
     for entry in entries:
         mailbox, host = entry.mailbox, entry.host
-        if not mailbox or not host or host in _NO_HOST or mailbox in _NO_MAILBOX:
+        if not mailbox or not host or host in NO_HOST or mailbox in NO_MAILBOX:
             continue
         address = clean_text(f"{_text(mailbox)}@{_text(host).lower()}")
         if address is not None:
@@ -175,6 +175,43 @@ def parse_date(value: str) -> dt.datetime | None:
         return None
 
 
+# The Date most mailers write: "Wed, 23 Sep 2026 08:11:32 -0700". ``fast_date`` reads it
+# without email.utils; anything else (or out of range) goes to ``parse_date``.
+_COMMON_DATE: Final = re.compile(
+    rb"[ \t]*(?:[A-Za-z]{3}, )?(\d{1,2}) ([A-Za-z]{3}) (\d{4}) (\d\d):(\d\d):(\d\d) "
+    rb"([+-])(\d\d)(\d\d)[ \t]*"
+)
+MONTH_NUMBERS: Final = {
+    name: number
+    for number, name in enumerate(
+        b"jan feb mar apr may jun jul aug sep oct nov dec".split(),
+        start=1,
+    )
+}
+"""Lower-case English month abbreviations to numbers, as dates in mail spell them."""
+
+
+def fast_date(raw: bytes) -> dt.datetime | None:
+    """``parse_date`` of a raw Date value, quicker for the common spelling (same result)."""
+    match = _COMMON_DATE.fullmatch(raw)
+    if match is not None:
+        day, month, year, hour, minute, second, sign, zone_h, zone_m = match.groups()
+        number = MONTH_NUMBERS.get(month.lower())
+        hours, minutes, seconds = int(zone_h), int(zone_m), int(second)
+        # email.utils reads a year below 100 as 19xx or 20xx, even when written "0042".
+        usual = int(year) >= 100 and hours < 24 and minutes < 60 and seconds < 60
+        if number is not None and usual:
+            offset = hours * 3600 + minutes * 60
+            try:
+                utc = dt.datetime(
+                    int(year), number, int(day), int(hour), int(minute), seconds, tzinfo=dt.UTC
+                )
+                return utc - dt.timedelta(seconds=offset if sign == b"+" else -offset)
+            except (ValueError, OverflowError):
+                pass  # parse_date decides (and says None)
+    return parse_date(raw.decode("latin-1"))
+
+
 def _as_utc(value: object) -> dt.datetime | None:
     if not isinstance(value, dt.datetime):
         return None
@@ -200,6 +237,12 @@ def decode_words(raw: bytes | str) -> str:
         data = _FOLD.sub(b"", data)
     if b"=?" not in data:
         return data.decode("utf-8", "replace")
+    single = _ENCODED_WORD.fullmatch(data)
+    if single is not None:  # the commonest case: one encoded word and nothing else
+        payload = _word_bytes(single.group(2), single.group(3))
+        if payload is not None:
+            charset = single.group(1).decode("ascii", "replace").split("*", 1)[0].lower()
+            return _decode_charset(payload, charset)
     out: list[str] = []
     pending = bytearray()
     pending_charset: str | None = None

@@ -86,8 +86,13 @@ class SessionPool:
         log: Logger,
         on_login: Callable[[str, bool], None] | None = None,
         on_count: Callable[[str, int], None] | None = None,
+        on_release: Callable[[str], object] | None = None,
     ) -> None:
-        """``connect(tenant)`` opens a TLS connection to the tenant's IMAP server."""
+        """``connect(tenant)`` opens a TLS connection to the tenant's IMAP server.
+
+        ``on_release(address)`` runs when the mailbox's pooled session is taken for a poll or
+        is about to be closed: whatever waits on its socket (the IDLE hub) must stop first.
+        """
         if max_open < 0:
             raise ValueError("max_open must be at least 0")
         self._connect = connect
@@ -97,6 +102,7 @@ class SessionPool:
         self._log = log
         self._on_login = on_login or _ignore
         self._on_count = on_count or _ignore
+        self._on_release = on_release or (lambda _address: None)
         self._idle: OrderedDict[str, PooledSession] = OrderedDict()
         self._open: Counter[str] = Counter()
         """Open sessions per tenant, idle and checked out."""
@@ -114,6 +120,7 @@ class SessionPool:
         with self._lock:
             pooled = self._idle.pop(address, None)
         if pooled is not None:
+            self._on_release(address)
             current = pooled.generation == self._generation[tenant]
             if pooled.tenant == tenant and current and self._usable(pooled, token):
                 pooled.reused = True
@@ -222,22 +229,32 @@ class SessionPool:
             return False  # move to the newer token before the old one runs out
         if now >= old.expires_at:
             return False
-        if pooled.session.has_unread_input():
+        session = pooled.session
+        if session.idling:
+            # In IDLE since its last poll: DONE ends it (and reads what the server reported).
+            return self._answers(pooled, session.end_idle)
+        if session.has_unread_input():
             # Something arrived while idle: a BYE, an EOF, or an unsolicited update. NOOP reads
             # it; a closed session fails here and is replaced before the poll starts.
-            try:
-                pooled.session.noop()
-            except ImapError as exc:
-                self._log.debug(
-                    "idle session closed by the server; replacing it",
-                    mailbox=pooled.address,
-                    tenant=pooled.tenant,
-                    error=str(exc),
-                )
-                return False
+            return self._answers(pooled, session.noop)
+        return True
+
+    def _answers(self, pooled: PooledSession, command: Callable[[], None]) -> bool:
+        """Whether the idle session still answers ``command``; False means replace it."""
+        try:
+            command()
+        except ImapError as exc:
+            self._log.debug(
+                "idle session closed by the server; replacing it",
+                mailbox=pooled.address,
+                tenant=pooled.tenant,
+                error=str(exc),
+            )
+            return False
         return True
 
     def _close(self, pooled: PooledSession) -> None:
+        self._on_release(pooled.address)
         pooled.session.logout()
         self._count(pooled.tenant, -1)
 

@@ -69,6 +69,10 @@ class _Mailbox:
     """New messages its current or last poll still had to fetch."""
     dirty: bool = True
     """Its status changed since it was last saved."""
+    idle: bool = False
+    """Its session waits in IMAP IDLE (push) since its last poll."""
+    pushed: bool = False
+    """The server reported news while its poll ran: it polls again at once."""
 
     def status(self, owner: str | None) -> MailboxStatus:
         error = self.last_error
@@ -84,6 +88,7 @@ class _Mailbox:
             last_error=error[1] if error else None,
             hint=error[2] if error else None,
             initial_sync_remaining=self.remaining,
+            idle=self.idle and not self.removed,
         )
 
 
@@ -158,9 +163,16 @@ class Runtime:
             return Counter(m.schedule.state for m in self._mailboxes.values() if not m.removed)
 
     # -- the seam: what runs here -------------------------------------------------------------
-    def reconcile(self, wanted: Iterable[MailboxSettings]) -> ReconcileResult:
-        """Make the running set equal ``wanted``: add, remove (drain), update settings."""
+    def reconcile(
+        self, wanted: Iterable[MailboxSettings], *, handed_over: Iterable[str] = ()
+    ) -> ReconcileResult:
+        """Make the running set equal ``wanted``: add, remove (drain), update settings.
+
+        Mailboxes in ``handed_over`` leave because another replica runs them now, not because
+        they were removed: no ``removed`` status is saved for them (their new owner saves one).
+        """
         by_address = {m.address: m for m in wanted}
+        moved = set(handed_over)
         added: list[str] = []
         removed: list[str] = []
         updated: list[str] = []
@@ -170,7 +182,7 @@ class Runtime:
             for address, entry in list(self._mailboxes.items()):
                 if address not in by_address and not entry.removed:
                     removed.append(address)
-                    if self._remove(entry):
+                    if self._remove(entry, record=address not in moved):
                         forget.append(address)
             for address, settings in by_address.items():
                 known = self._mailboxes.get(address)
@@ -207,10 +219,11 @@ class Runtime:
         self._mailboxes[settings.address] = entry
         self._arm(entry)
 
-    def _remove(self, entry: _Mailbox) -> bool:
+    def _remove(self, entry: _Mailbox, *, record: bool = True) -> bool:
         """Stop the mailbox; True when it can be forgotten now (no poll running)."""
         entry.removed = True
-        self._gone.append(entry.status(None))
+        if record:
+            self._gone.append(entry.status(None))
         address = entry.settings.address
         self._timer.cancel(address)
         if entry.waiting:
@@ -309,6 +322,7 @@ class Runtime:
         previous = entry.schedule
         with self._lock:
             entry.running = False
+            pushed, entry.pushed = entry.pushed, False
             entry.last_poll_at = now
             entry.dirty = True
             if exc is None:
@@ -328,6 +342,8 @@ class Runtime:
                     previous, entry.settings.poll_interval, now, self._rng
                 )
                 entry.last_failure_key = None
+                if pushed:  # news came while it polled: once more, now
+                    entry.schedule = replace(entry.schedule, due=now)
             else:
                 entry.schedule = schedule.failed(
                     previous, _failure(exc, woken), entry.settings.poll_interval, now, self._rng
@@ -379,6 +395,33 @@ class Runtime:
             heir.has_slot = True
             self._arm(heir)
             return
+
+    def push(self, address: str) -> None:
+        """The server reported news on the mailbox's session in IDLE: poll it now.
+
+        A mailbox whose poll is running polls again at once when it is done; one waiting for
+        its tenant's slot polls when it has one; one that is failing keeps its backoff.
+        """
+        now = self._clock()
+        with self._lock:
+            entry = self._mailboxes.get(address)
+            if entry is None or entry.removed or entry.schedule.state != "ok":
+                return
+            if entry.running:
+                entry.pushed = True
+                return
+            if entry.waiting or entry.has_slot:
+                return  # its poll starts as soon as its tenant has a slot
+            entry.schedule = replace(entry.schedule, due=min(entry.schedule.due, now))
+            self._arm(entry)
+
+    def set_idle(self, address: str, idle: bool) -> None:
+        """Whether the mailbox's session waits in IDLE (its status and the gauge show it)."""
+        with self._lock:
+            entry = self._mailboxes.get(address)
+            if entry is not None and entry.idle != idle:
+                entry.idle = idle
+                entry.dirty = True
 
     def wake_tenant(self, tenant: str) -> None:
         """The tenant has a token again: mailboxes that failed for lack of one poll within 2 s."""
@@ -436,18 +479,23 @@ class Runtime:
         self.save_statuses()
         with self._lock:
             live = [m for m in self._mailboxes.values() if not m.removed]
-            counts = Counter(m.schedule.state for m in live)
+            counts = Counter((m.settings.tenant, m.schedule.state) for m in live)
             owned = Counter(m.settings.tenant for m in live if m.settings.enabled)
-            oldest = min(
-                (
-                    m.schedule.last_success or self._started_at
-                    for m in live
-                    if m.schedule.state != "disabled"
-                ),
-                default=None,
-            )
-        self._metrics.set_mailbox_states({s: counts.get(s, 0) for s in STATES})
+            remaining = Counter[str]()
+            idle = Counter[str]()
+            for m in live:
+                remaining[m.settings.tenant] += m.remaining
+                idle[m.settings.tenant] += m.idle
+            oldest: dict[str, float] = {}  # per tenant: its stalest mailbox
+            for m in live:
+                if m.schedule.state != "disabled":
+                    since = m.schedule.last_success or self._started_at
+                    oldest[m.settings.tenant] = min(since, oldest.get(m.settings.tenant, since))
+        tenants = {tenant for tenant, _ in counts}
+        self._metrics.set_mailbox_states({(t, s): counts[t, s] for t in tenants for s in STATES})
         self._metrics.set_mailboxes_owned(owned)
+        self._metrics.set_initial_sync_remaining(remaining)
+        self._metrics.set_idle_sessions(idle)
         self._metrics.set_oldest_success(oldest)
 
 

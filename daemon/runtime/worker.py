@@ -25,7 +25,8 @@ from daemon.errors import (
 from daemon.imap.pool import PooledSession, SessionPool, latest_switch
 from daemon.logging import Logger
 from daemon.metrics import Metrics
-from daemon.ports import Clock, RuntimeStore, TokenProvider
+from daemon.ports import Clock, RuntimeStore, Store, TokenProvider
+from daemon.runtime.push import Push
 from daemon.sync.engine import FolderJob, FolderResult, MailboxSync
 from daemon.sync.model import FolderState
 
@@ -48,8 +49,16 @@ class MailboxWorker:
         log: Logger,
         batch_size: int,
         clock: Clock = time.time,
+        store_for: Callable[[str], Store] | None = None,
+        push: Push | None = None,
     ) -> None:
+        """``store_for(address)``: the store a poll of that mailbox writes through (replicas
+        with leases fence every write with the mailbox's lease); ``store`` when None.
+        ``push``: IDLE between polls for the mailboxes that want it."""
+        self._push = push
         self._store = store
+        self._store_for = store_for
+        self._batch_size = batch_size
         self._tokens = tokens
         self._sessions = sessions
         self._metrics = metrics
@@ -71,21 +80,27 @@ class MailboxWorker:
         started = time.monotonic()
         try:
             with self._metrics.track_poll(mailbox.tenant):
-                self._poll(mailbox, should_stop, _Progress(progress))
+                report = _Progress(progress, log=self._log, mailbox=mailbox.address)
+                self._poll(mailbox, should_stop, report)
         except BaseException as exc:
             self._metrics.poll_finished(
                 mailbox.tenant, "failure", time.monotonic() - started, reason_of(exc)
             )
+            if self._push is not None:
+                self._push.failed(mailbox.address)
             raise
         self._metrics.poll_finished(mailbox.tenant, "success", time.monotonic() - started)
 
     def set_batch_size(self, batch_size: int) -> None:
         """``limits.fetch_batch_size`` changed: polls that start from now on use it."""
+        self._batch_size = batch_size
         self._sync = MailboxSync(self._store, batch_size=batch_size)
 
     def forget(self, address: str) -> None:
         """The mailbox no longer runs here: close its session, drop what is remembered of it."""
         self._sessions.close_mailbox(address)
+        if self._push is not None:
+            self._push.forget(address)
         with self._lock:
             self._mailbox_ids.pop(address, None)
             self._states.pop(address, None)
@@ -108,9 +123,14 @@ class MailboxWorker:
             pooled = self._sync_session(
                 mailbox, mailbox_id, pooled, lambda: should_stop() or token_ending(), progress
             )
-            self._sessions.checkin(pooled)
-            if should_stop() or not token_ending():
+            stopping = should_stop()
+            if stopping or not token_ending():
+                if stopping or self._push is None or self._push.rest(mailbox, pooled):
+                    self._sessions.checkin(pooled)
+                else:
+                    self._sessions.discard(pooled)
                 return
+            self._sessions.checkin(pooled)
             # A long poll (an initial sync) reached the end of its session's token: it goes on
             # from its last checkpoint on a session logged in with the newer token.
             self._log.debug(
@@ -240,11 +260,14 @@ class MailboxWorker:
         should_stop: Callable[[], bool],
         progress: _Progress,
     ) -> None:
+        sync = self._sync
+        if self._store_for is not None:
+            sync = MailboxSync(self._store_for(mailbox.address), batch_size=self._batch_size)
         for folder in mailbox.folders:
             job = FolderJob(mailbox_id, folder, mailbox.full_scan_interval, mailbox.backfill_days)
             result = FolderResult(folder)
             try:
-                self._sync.sync_folder(
+                sync.sync_folder(
                     pooled.session,
                     job,
                     states.get(folder),
@@ -314,17 +337,57 @@ class MailboxWorker:
             self._log.debug("poll", **fields)
 
 
-class _Progress:
-    """Sums what each folder of a poll still has to fetch into one figure for the mailbox."""
+PROGRESS_EVERY = 10.0
+"""Seconds between two ``sync_progress`` events of one mailbox's long sync."""
 
-    def __init__(self, report: Callable[[int], None]) -> None:
+
+class _Progress:
+    """Sums what each folder of a poll still has to fetch into one figure for the mailbox,
+    and logs ``sync_progress`` every ``every`` seconds while a folder's fetch runs longer."""
+
+    def __init__(
+        self,
+        report: Callable[[int], None],
+        *,
+        log: Logger | None = None,
+        mailbox: str = "",
+        clock: Clock = time.monotonic,
+        every: float = PROGRESS_EVERY,
+    ) -> None:
         self._report = report
         self._left: dict[str, int] = {}
+        self._log = log
+        self._mailbox = mailbox
+        self._clock = clock
+        self._every = every
+        self._started: dict[str, tuple[float, int]] = {}
+        """Per folder: when its first figure came, and that figure."""
+        self._last_event: float | None = None
 
     def folder(self, name: str) -> Callable[[int], None]:
         def update(remaining: int) -> None:
             if self._left.get(name, 0) != remaining:
                 self._left[name] = remaining
                 self._report(sum(self._left.values()))
+            self._event(name, remaining)
 
         return update
+
+    def _event(self, folder: str, remaining: int) -> None:
+        now = self._clock()
+        started, first = self._started.setdefault(folder, (now, remaining))
+        if self._log is None or remaining == 0:
+            return
+        since = started if self._last_event is None else self._last_event
+        if now - since < self._every:
+            return
+        self._last_event = now
+        fetched, elapsed = first - remaining, now - started
+        self._log.info(
+            "sync_progress",
+            mailbox=self._mailbox,
+            folder=folder,
+            fetched=fetched,
+            remaining=remaining,
+            rate_per_s=round(fetched / elapsed, 1) if elapsed > 0 else 0.0,
+        )

@@ -182,11 +182,37 @@ mailbox_states = sa.Table(
     sa.Column("last_error", sa.Text, nullable=True),
     sa.Column("hint", sa.Text, nullable=True),
     sa.Column("initial_sync_remaining", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("idle", sa.Boolean, nullable=False, server_default=sa.false()),
     # When a replica last wrote the row: tells a stale row (its owner gone) from a quiet one.
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.CheckConstraint(
         "state IN (" + ", ".join(f"'{state}'" for state in STATUS_STATES) + ")", name="state"
     ),
+)
+
+# -- replicas and leases (SPEC "Replicas"; used on PostgreSQL) ----------------------------------
+
+# One row per replica: its heartbeat. Live while ``expires_at`` (database time) is ahead.
+replicas = sa.Table(
+    "mailsyncd_replicas",
+    metadata,
+    sa.Column("replica", sa.String(255), primary_key=True),
+    sa.Column("version", sa.String(64), nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("heartbeat_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("mailboxes", sa.Integer, nullable=False, server_default=sa.text("0")),
+)
+
+# One row per configured mailbox: who holds it until when, and the fencing token that every
+# acquisition increments (a write for the mailbox checks it in its own transaction).
+mailbox_leases = sa.Table(
+    "mailbox_leases",
+    metadata,
+    sa.Column("mailbox", sa.String(320), primary_key=True),
+    sa.Column("owner", sa.String(255), nullable=True, index=True),
+    sa.Column("token", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("expires_at", UTCDateTime, nullable=True),
 )
 
 STATUS_VIEW_NAME = "mailbox_status"
@@ -206,4 +232,5 @@ mailbox_status_view = sa.table(
     sa.column("last_error", sa.Text),
     sa.column("hint", sa.Text),
     sa.column("initial_sync_remaining", sa.BigInteger),
+    sa.column("idle", sa.Boolean),
 )

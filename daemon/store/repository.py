@@ -22,7 +22,9 @@ from sqlalchemy.engine import Connection, Engine, Row
 
 from daemon.errors import REASONS, UnknownFolder
 from daemon.status import MailboxStatus
+from daemon.store import bulk
 from daemon.store.engine import SQLITE_BEGIN
+from daemon.store.leases import Fence, check_fence
 from daemon.store.models import folders, mailbox_states, mailbox_status_view, mailboxes, messages
 from daemon.store.translate import translate_errors
 from daemon.sync.model import Checkpoint, FolderChanges, FolderState, MessageRecord
@@ -46,13 +48,21 @@ class ApplyResult:
 class SqlStore:
     """The store of mailboxes, folders with their checkpoints, and message rows."""
 
-    def __init__(self, engine: Engine, *, on_write: Callable[[float], None] | None = None) -> None:
-        """``on_write`` gets the seconds of every write transaction, committed or not."""
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        on_write: Callable[[float], None] | None = None,
+        bulk_copy: bool = True,
+    ) -> None:
+        """``on_write`` gets the seconds of every write transaction, committed or not;
+        ``bulk_copy=False`` inserts new rows with executemany on PostgreSQL too."""
         self._engine = engine
         self._on_write = on_write
         dialect = engine.dialect.name
         if dialect not in {"postgresql", "sqlite"}:
             raise ValueError(f"unsupported database dialect {dialect!r}")
+        self._bulk = bulk_copy and dialect == "postgresql"
         self._insert: Callable[[sa.Table], Any] = (
             postgresql.insert if dialect == "postgresql" else sqlite.insert
         )
@@ -68,13 +78,16 @@ class SqlStore:
             yield connection
 
     @contextmanager
-    def _write(self) -> Iterator[Connection]:
+    def _write(self, fence: Fence | None = None) -> Iterator[Connection]:
+        """A write transaction; with ``fence``, one that holds the mailbox's lease throughout."""
         started = time.perf_counter()
         try:
             with translate_errors(), self._engine.connect() as connection:
                 if connection.dialect.name == "sqlite":
                     connection.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
                 with connection.begin():
+                    if fence is not None:
+                        check_fence(connection, fence)
                     yield connection
         finally:
             # A failed write is timed too: a slow timeout is what the histogram must show.
@@ -238,14 +251,18 @@ class SqlStore:
             )
             return {int(uid): tuple(flags) for uid, flags in rows}
 
-    def apply(self, changes: FolderChanges, now: dt.datetime) -> ApplyResult:
+    def apply(
+        self, changes: FolderChanges, now: dt.datetime, *, fence: Fence | None = None
+    ) -> ApplyResult:
         """Write one batch of changes of a folder and its new checkpoint in ONE transaction.
 
         Idempotent: a message already stored for (folder, uidvalidity, uid) is not inserted
         again, only its flags are refreshed (and it is live again if it had been deleted), so
         replaying a batch after a crash changes nothing else. Counts are of rows really
         inserted, rows whose flags (or liveness) really changed, and rows newly deleted.
-        A checkpoint without ``last_full_scan_at`` keeps the stored one.
+        A checkpoint without ``last_full_scan_at`` keeps the stored one. With ``fence``, the
+        transaction first checks (and holds) the mailbox's lease: :class:`LeaseLost` when
+        another replica holds it now, and nothing is written.
         """
         _require_aware(now)
         checkpoint = changes.checkpoint
@@ -255,7 +272,7 @@ class SqlStore:
             record.uid: _message_row(record, changes.folder_id, changes.uidvalidity, now)
             for record in changes.new
         }
-        with self._write() as connection:
+        with self._write(fence) as connection:
             new = updated = 0
             if rows:
                 # Rows already stored (a batch replayed after a crash) are looked up first, so
@@ -282,8 +299,11 @@ class SqlStore:
                             messages.c.uid,
                         ]
                     )
-                    connection.execute(stmt, fresh)
-                    new = len(fresh)
+                    if self._bulk:  # PostgreSQL: COPY into a staging table (bulk.py)
+                        new = bulk.insert_rows(connection, fresh)
+                    else:
+                        connection.execute(stmt, fresh)
+                        new = len(fresh)
                 replayed = {uid: row["flags"] for uid, row in rows.items() if uid in stored}
                 updated += _refresh_flags(connection, changes, replayed, now, revive=True)
             if changes.flag_updates:
@@ -294,11 +314,13 @@ class SqlStore:
                 _write_checkpoint(connection, changes.folder_id, checkpoint, now)
         return ApplyResult(new=new, updated=updated, deleted=deleted)
 
-    def reset_folder(self, folder_id: int, uidvalidity: int, now: dt.datetime) -> int:
+    def reset_folder(
+        self, folder_id: int, uidvalidity: int, now: dt.datetime, *, fence: Fence | None = None
+    ) -> int:
         """UIDVALIDITY changed: delete the folder's rows of other UIDVALIDITYs, reset its
         checkpoint to ``uidvalidity`` and nothing fetched. Returns the rows marked deleted."""
         _require_aware(now)
-        with self._write() as connection:
+        with self._write(fence) as connection:
             marked = connection.execute(
                 sa.update(messages)
                 .where(
@@ -323,10 +345,12 @@ class SqlStore:
                 raise UnknownFolder(folder_id)
             return int(marked)
 
-    def mark_folder_vanished(self, folder_id: int, now: dt.datetime) -> int:
+    def mark_folder_vanished(
+        self, folder_id: int, now: dt.datetime, *, fence: Fence | None = None
+    ) -> int:
         """The folder is gone from the server: mark it and delete its live rows (returned)."""
         _require_aware(now)
-        with self._write() as connection:
+        with self._write(fence) as connection:
             done = connection.execute(
                 sa.update(folders)
                 .where(folders.c.id == folder_id)
@@ -362,7 +386,7 @@ def _pg_status_upsert() -> postgresql.Insert:
     )
     return insert.on_conflict_do_update(
         index_elements=[mailbox_states.c.mailbox_id],
-        set_={name: insert.excluded[name] for name in _STATUS_ROW[1:]},
+        set_=_status_updates(insert.excluded),
     )
 
 
@@ -371,8 +395,24 @@ def _sqlite_status_upsert() -> sqlite.Insert:
     insert = sqlite.insert(mailbox_states)
     return insert.on_conflict_do_update(
         index_elements=[mailbox_states.c.mailbox_id],
-        set_={name: insert.excluded[name] for name in _STATUS_ROW[1:]},
+        set_=_status_updates(insert.excluded),
     )
+
+
+_KEPT_WHEN_UNKNOWN: Final = ("last_poll_at", "last_success_at")
+"""A replica that took a mailbox over (or a restarted one) does not know these yet: a NULL
+from it keeps the stored time."""
+
+
+def _status_updates(excluded: Any) -> dict[str, Any]:
+    return {
+        name: (
+            sa.func.coalesce(excluded[name], mailbox_states.c[name])
+            if name in _KEPT_WHEN_UNKNOWN
+            else excluded[name]
+        )
+        for name in _STATUS_ROW[1:]
+    }
 
 
 _PG_STATUS_UPSERT: Final = _pg_status_upsert()
@@ -391,6 +431,7 @@ def _status_row(mailbox_id: int, status: MailboxStatus, now: dt.datetime) -> dic
         "last_error": status.last_error,
         "hint": status.hint,
         "initial_sync_remaining": status.initial_sync_remaining,
+        "idle": status.idle,
         "updated_at": now,
     }
 
@@ -429,6 +470,7 @@ def _status(row: Row[Any]) -> MailboxStatus:
         last_error=row.last_error,
         hint=row.hint,
         initial_sync_remaining=int(row.initial_sync_remaining),
+        idle=bool(row.idle),
     )
 
 

@@ -34,6 +34,8 @@ def clean_text(value: str | None, limit_bytes: int = DEFAULT_LIMIT_BYTES) -> str
         return None
     if limit_bytes < 0:
         raise ValueError("limit_bytes must not be negative")
+    if value.isascii() and len(value) <= limit_bytes and "\x00" not in value:
+        return value  # the common case, without encoding it: nothing to clean, nothing to cut
     if "\x00" in value:
         value = value.replace("\x00", "")
     try:

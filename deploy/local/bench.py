@@ -3,7 +3,9 @@
 Seeds M mailboxes x N realistic messages into a temporary local environment, warms Dovecot's
 cache once, times a bare imapclient ``UID FETCH`` loop over every mailbox (in this process),
 then runs the real ``mailsyncd run`` into a fresh PostgreSQL database and times it until
-``message_metadata`` holds M x N rows. It prints both rates and their ratio; it asserts nothing.
+``message_metadata`` holds M x N rows. It prints both rates and their ratio, the CPU per row of
+the daemon, Dovecot and PostgreSQL, and the daemon's read / parse / write steps timed one by
+one on one mailbox (``--profile`` adds py-spy's shares of the real run); it asserts nothing.
 Everything it starts (Dovecot, identity platform, mailsyncd) is stopped by PID, also on Ctrl-C,
 and the database is dropped. MAILSYNCD_BENCH_PG overrides the PostgreSQL server URL.
 """
@@ -11,6 +13,8 @@ and the database is dropped. MAILSYNCD_BENCH_PG overrides the PostgreSQL server 
 from __future__ import annotations
 
 import argparse
+import compileall
+import datetime as dt
 import imaplib
 import json
 import os
@@ -23,6 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +36,19 @@ import yaml
 from imapclient import IMAPClient
 from sqlalchemy.pool import NullPool
 
+import daemon as mailsyncd_package
 from daemon.config import parse_duration
+from daemon.imap import fetch_reader
+from daemon.imap.client import open_mailbox, uid_set
+from daemon.imap.fetch_parser import parse_records
 from daemon.imap.parse import FETCH_ITEMS
+from daemon.store.engine import create_engine_for
+from daemon.store.repository import SqlStore
+from daemon.sync.model import Checkpoint, FolderChanges
 from daemon.sync.schedule import FIRST_POLL_SPREAD_MAX
+from daemon.tls import make_ssl_context
 from localenv.dovecot import MASTER_SEPARATOR, MASTER_USER
-from localenv.env import EnvInfo, LocalEnv, free_port, stop_pid
+from localenv.env import EnvInfo, LocalEnv, descendants, free_port, stop_pid
 from localenv.imap import FixtureImap
 from localenv.seed import KB, realistic_messages
 
@@ -109,6 +122,81 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_of(pids: set[int]) -> dict[int, float]:
+    """CPU seconds so far of each process of ``pids`` still alive."""
+    out: dict[int, float] = {}
+    for pid in pids:
+        try:
+            out[pid] = cpu_seconds(pid)
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    return out
+
+
+def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+
+
+def helper_pids(env: LocalEnv, engine: sa.Engine) -> dict[str, set[int]]:
+    """The Dovecot processes and the PostgreSQL backends of the benchmark database."""
+    dovecot = env.info.pids["dovecot"]
+    try:
+        with engine.connect() as conn:
+            backends = set(
+                conn.execute(
+                    sa.text(
+                        "SELECT pid FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                ).scalars()
+            )
+    except sa.exc.SQLAlchemyError:
+        backends = set()
+    return {"dovecot": descendants(dovecot) | {dovecot}, "postgres": backends}
+
+
+def phase_split(
+    env: LocalEnv, engine: sa.Engine, mailbox: str, batch_size: int
+) -> dict[str, float]:
+    """The daemon's own read, parse and write steps, one after the other on one thread of this
+    process, over one mailbox: thread CPU microseconds per message of each."""
+    client = open_mailbox(
+        host=env.info.imap_host,
+        port=env.info.imap_port,
+        ssl_context=make_ssl_context(env.info.ca_file),
+        timeout=60,
+        user=mailbox,
+        token=env.mint_token(TENANT),
+    )
+    store = SqlStore(engine)
+    spent = dict.fromkeys(("read", "parse", "write"), 0.0)
+    count = 0
+    try:
+        folder = store.ensure_folder(store.ensure_mailbox(f"split-{mailbox}", TENANT), "INBOX")
+        uidvalidity = client.examine("INBOX").uidvalidity
+        for chunk in batches(client.uids_from(1), batch_size):
+            wanted = set(chunk)
+            started = time.thread_time()
+            response = fetch_reader.uid_fetch(client._imap, f"{uid_set(wanted)} {FETCH_ITEMS}")
+            read = time.thread_time()
+            records = parse_records(response, wanted)
+            parsed = time.thread_time()
+            now = dt.datetime.now(dt.UTC)
+            checkpoint = Checkpoint(uidvalidity, chunk[-1], None, now)
+            changes = FolderChanges(
+                folder.folder_id, uidvalidity, tuple(records), (), (), checkpoint
+            )
+            store.apply(changes, now)
+            written = time.thread_time()
+            spent["read"] += read - started
+            spent["parse"] += parsed - read
+            spent["write"] += written - parsed
+            count += len(records)
+    finally:
+        client.logout()
+    return {phase: seconds / max(count, 1) * 1e6 for phase, seconds in spent.items()}
+
+
 def write_config(info: EnvInfo, path: Path, db_url: str, mailboxes: list[str], args: Any) -> None:
     config = {
         "database": {"url": db_url},
@@ -131,7 +219,80 @@ def count_rows(engine: sa.Engine) -> int:
         return 0
 
 
-def run_daemon(config: Path, log: Path, engine: sa.Engine, total: int) -> dict[str, Any]:
+def start_profiler(pid: int, output: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling ``pid`` into collapsed stacks: the thread holding the GIL, that is the
+    Python CPU of the process."""
+    spy = Path(sys.executable).with_name("py-spy")
+    if not spy.exists():
+        raise RuntimeError("--profile needs py-spy in the virtualenv: pip install py-spy")
+    return subprocess.Popen(
+        [
+            *(str(spy), "record", "--format", "raw", "--rate", "250", "--pid", str(pid)),
+            *("--output", str(output), "--nonblocking", "--gil"),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def stop_profiler(spy: subprocess.Popen[bytes]) -> None:
+    """SIGINT makes py-spy write its file and exit."""
+    spy.send_signal(signal.SIGINT)
+    try:
+        spy.wait(30)
+    except subprocess.TimeoutExpired:
+        stop_pid(spy.pid)
+        spy.wait()
+
+
+# Where a sample of the daemon's CPU goes, by the innermost frame on its stack that names a
+# phase: the last match wins, so a parse called from the read loop counts as parse.
+PHASES: tuple[tuple[str, str], ...] = (
+    ("read", "_uid_fetch"),
+    ("read", "fetch_records"),
+    ("read", "imaplib.py"),
+    ("read", "ssl.py"),
+    ("read", "fetch_stream"),
+    ("parse", "parse_fetch"),
+    ("parse", "response_parser"),
+    ("parse", "parse_message"),
+    ("parse", "fetch_parser"),
+    ("parse", "parse.py"),
+    ("write", "apply (daemon/store"),
+    ("write", "bulk.py"),
+    ("write", "sqlalchemy"),
+    ("write", "psycopg"),
+)
+
+
+def profile_split(path: Path) -> dict[str, float]:
+    """Share of the samples in each phase (read, parse, write, other) of a collapsed file."""
+    counts = dict.fromkeys(("read", "parse", "write", "other"), 0)
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        phase = "other"
+        for frame in stack.split(";"):
+            for name, marker in PHASES:
+                if marker in frame:
+                    phase = name
+        counts[phase] += int(count)
+    total = sum(counts.values()) or 1
+    return {name: count / total for name, count in counts.items()}
+
+
+def run_daemon(
+    config: Path,
+    log: Path,
+    engine: sa.Engine,
+    total: int,
+    *,
+    helpers: Callable[[], dict[str, set[int]]],
+    profile: Path | None = None,
+) -> dict[str, Any]:
     """Time ``mailsyncd run`` from process start until ``total`` rows are visible."""
     mailsyncd = str(Path(sys.executable).with_name("mailsyncd"))
     with log.open("wb") as out:
@@ -143,6 +304,8 @@ def run_daemon(config: Path, log: Path, engine: sa.Engine, total: int) -> dict[s
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches the benchmark, which stops it by PID
         )
+    spy = None if profile is None else start_profiler(proc.pid, profile)
+    helpers_at_start = {name: cpu_of(pids) for name, pids in helpers().items()}
     first = done = None
     flowing, rows, limit = 0.0, 0, max(120.0, total / 100)
     try:
@@ -159,12 +322,21 @@ def run_daemon(config: Path, log: Path, engine: sa.Engine, total: int) -> dict[s
             if rows > before:
                 flowing += now - tick
         done, cpu = time.monotonic() - started, cpu_seconds(proc.pid)
+        helper_cpu = {
+            name: cpu_delta(helpers_at_start.get(name, {}), cpu_of(pids))
+            for name, pids in helpers().items()
+        }
+        if spy is not None:
+            stop_profiler(spy)
         proc.send_signal(signal.SIGTERM)
         try:
             code = proc.wait(30)
         except subprocess.TimeoutExpired:
             code = None
     finally:
+        if spy is not None and spy.poll() is None:
+            stop_pid(spy.pid)
+            spy.wait()
         if proc.poll() is None:
             stop_pid(proc.pid)
             proc.wait()
@@ -177,6 +349,8 @@ def run_daemon(config: Path, log: Path, engine: sa.Engine, total: int) -> dict[s
         "rows_per_s_excl_startup": rows / (done - first) if done > first else float("nan"),
         "rows_per_s_while_flowing": rows / flowing if flowing else float("nan"),
         "cpu_us_per_row": cpu / rows * 1e6,
+        "dovecot_cpu_us_per_row": helper_cpu["dovecot"] / rows * 1e6,
+        "postgres_cpu_us_per_row": helper_cpu["postgres"] / rows * 1e6,
         "exit_code": code,
     }
 
@@ -184,6 +358,16 @@ def run_daemon(config: Path, log: Path, engine: sa.Engine, total: int) -> dict[s
 def report(r: dict[str, Any]) -> str:
     b, d = r["baseline"], r["daemon"]
     exit_note = "0" if d["exit_code"] == 0 else f"{d['exit_code']}  <-- NOT 0, see above"
+    split = r["split_us_per_msg"]
+    steps = sum(split.values())
+    shares = r.get("profile_share")
+    profile_line = (
+        ""
+        if not shares
+        else "  profile   share of the daemon's Python CPU samples (py-spy --gil): "
+        + ", ".join(f"{name} {share:.0%}" for name, share in shares.items())
+        + "\n"
+    )
     return f"""
 mailsyncd benchmark: initial sync into PostgreSQL vs a bare imapclient UID FETCH loop
   machine   {r["nproc"]} CPUs, Python {r["python"]}, PostgreSQL {r["pg"]}, {r["platform"]}
@@ -203,7 +387,13 @@ in which the row count grew
 excluding startup, {r["ratio_while_flowing"]:.2f} while rows flowed
   client CPU  baseline {b["cpu_us_per_msg"]:.0f} us/msg, daemon {d["cpu_us_per_row"]:.0f} \
 us/row (its process, startup included)
-  exit      mailsyncd exit code after SIGTERM: {exit_note}
+  server CPU  Dovecot {d["dovecot_cpu_us_per_row"]:.0f} us/row, PostgreSQL backends \
+{d["postgres_cpu_us_per_row"]:.0f} us/row (during the daemon's run)
+  split     read {split["read"]:.1f} + parse {split["parse"]:.1f} + write {split["write"]:.1f} \
+= {steps:.1f} us/msg: the daemon's steps on one thread, one mailbox;
+            the other {d["cpu_us_per_row"] - steps:.0f} us/row of the daemon's CPU: threads, \
+scheduling, sessions, logs, metrics, startup
+{profile_line}  exit      mailsyncd exit code after SIGTERM: {exit_note}
 
 Measured: both sides read the same {r["total"]} seeded messages in the same run, from the same
 Dovecot over loopback TLS with XOAUTH2, after one untimed FETCH of every mailbox had warmed
@@ -230,6 +420,12 @@ def main() -> int:
     # does not dominate the figure; the re-polls of synced mailboxes are idle and cheap.
     parser.add_argument("--poll-interval", default="2s", help="daemon poll interval (2s)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="FILE",
+        help="sample the daemon with py-spy (must be installed) into FILE (collapsed stacks)",
+    )
     args = parser.parse_args()
     if min(args.mailboxes, args.messages, args.batch_size) < 1:
         parser.error("M, N and B must be at least 1")
@@ -264,14 +460,30 @@ def main() -> int:
         base = baseline(env, mailboxes, args.batch_size)
         if base["messages"] != total:
             say(f"warning: the baseline fetched {base['messages']} messages, not {total}")
+        # An installed mailsyncd starts from compiled bytecode (pip and the image compile it);
+        # a checkout run with PYTHONDONTWRITEBYTECODE would compile every module at each start.
+        compileall.compile_dir(Path(mailsyncd_package.__file__).parent, quiet=1)
         say(f"daemon: mailsyncd run into PostgreSQL database {db_name}")
         with tempfile.TemporaryDirectory(prefix="mailsyncd-bench-") as tmp:
             config = Path(tmp) / "bench.yaml"
             write_config(env.info, config, db_url.render_as_string(False), mailboxes, args)
-            daemon = run_daemon(config, Path(tmp) / "mailsyncd.log", engine, total)
+            daemon = run_daemon(
+                config,
+                Path(tmp) / "mailsyncd.log",
+                engine,
+                total,
+                helpers=lambda: helper_pids(env, engine),  # type: ignore[arg-type]
+                profile=args.profile,
+            )
             if daemon["exit_code"] != 0:
                 log = (Path(tmp) / "mailsyncd.log").read_text(errors="replace")[-3000:]
                 say(f"mailsyncd exited with {daemon['exit_code']} after SIGTERM; its log:\n{log}")
+        say("where the time goes: the daemon's read, parse and write steps on one mailbox")
+        pooled = create_engine_for(db_url.render_as_string(False))  # as the daemon's
+        try:
+            split = phase_split(env, pooled, mailboxes[0], args.batch_size)
+        finally:
+            pooled.dispose()
         figures = {
             "nproc": os.cpu_count(),
             "python": platform.python_version(),
@@ -289,6 +501,8 @@ def main() -> int:
             "seed_mb": seed_bytes / 1e6,
             "baseline": base,
             "daemon": daemon,
+            "split_us_per_msg": split,
+            "profile_share": None if args.profile is None else profile_split(args.profile),
             "ratio": daemon["rows_per_s"] / base["msgs_per_s"],
             "ratio_excl_startup": daemon["rows_per_s_excl_startup"] / base["msgs_per_s"],
             "ratio_while_flowing": daemon["rows_per_s_while_flowing"] / base["msgs_per_s"],

@@ -151,7 +151,7 @@ class Daemon:
             "http": {"listen": f"127.0.0.1:{self.port}"},
             "tls": {"ca_file": info.ca_file},
             "logging": {"level": "warning", "format": "json"},
-            "defaults": {"poll_interval": f"{args.interval:g}s"},
+            "defaults": {"poll_interval": f"{args.interval:g}s", "idle": bool(args.idle)},
             "limits": limits,
             "tenants": [info.tenant_config(t) for t in TENANTS],
             "mailboxes": [{"address": a, "tenant": t} for a, t in mailboxes],
@@ -218,6 +218,47 @@ class Daemon:
         self.code = None if self.proc is None else self.proc.returncode
 
 
+class Replicas:
+    """One or more ``mailsyncd run`` on one database; metrics are summed over the replicas."""
+
+    def __init__(self, daemons: list[Daemon]) -> None:
+        self.daemons = daemons
+
+    @property
+    def dropped(self) -> list[str]:
+        return self.daemons[0].dropped
+
+    @property
+    def code(self) -> int | None:
+        codes = [d.code for d in self.daemons]
+        return next((c for c in codes if c != 0), 0)
+
+    def check_alive(self) -> None:
+        for daemon in self.daemons:
+            daemon.check_alive()
+
+    def metrics(self) -> Samples:
+        return _summed(iter(self.each_metrics()))
+
+    def each_metrics(self) -> list[Samples]:
+        return [d.metrics() for d in self.daemons]
+
+    def try_metrics(self) -> Samples:
+        return _summed(d.try_metrics() for d in self.daemons)
+
+    def usages(self) -> list[tuple[int, float]]:
+        """(CPU ticks, RSS MB) of each replica."""
+        return [tree_usage(d.pid) for d in self.daemons]
+
+
+def _summed(samples: Iterator[Samples]) -> Samples:
+    summed: Samples = {}
+    for one in samples:
+        for key, value in one.items():
+            summed[key] = summed.get(key, 0.0) + value
+    return summed
+
+
 class Database:
     """A SQLite file in ``workdir`` or a fresh PostgreSQL database, dropped by ``close()``."""
 
@@ -256,21 +297,44 @@ class Database:
 
 @contextmanager
 def running(
-    env: LocalEnv, workdir: Path, name: str, mailboxes: list[Mailbox], args: Any
-) -> Iterator[tuple[Daemon, Database]]:
-    """mailsyncd on a fresh database; stopped (exit code in ``daemon.code``) and dropped after."""
+    env: LocalEnv,
+    workdir: Path,
+    name: str,
+    mailboxes: list[Mailbox],
+    args: Any,
+    *,
+    replicas: int = 1,
+) -> Iterator[tuple[Replicas, Database]]:
+    """mailsyncd (``replicas`` processes) on a fresh database; stopped and dropped after."""
     db = Database(args.database, workdir, name)
-    daemon = Daemon(workdir, name)
+    daemons = [Daemon(workdir, f"{name}-{i}") for i in range(replicas)]
     try:
-        daemon.configure(env.info, db.url, mailboxes, args)
-        daemon.start()
-        yield daemon, db
+        for daemon in daemons:
+            daemon.configure(env.info, db.url, mailboxes, args)
+            daemon.start()
+        yield Replicas(daemons), db
     finally:
-        daemon.stop()
+        for daemon in daemons:
+            daemon.stop()
         db.close()
 
 
 # -- the runs ------------------------------------------------------------------------------
+def threads(pid: int) -> int:
+    """Threads of the process ``pid`` (its own, not its children's)."""
+    try:
+        return sum(1 for _ in Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank percentile of sorted ``values``; NaN when there are none."""
+    if not values:
+        return math.nan
+    return values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]
+
+
 def make_mailboxes(info: EnvInfo, prefix: str, count: int) -> list[Mailbox]:
     domains = [info.tenant(t).domain for t in TENANTS]
     return [(f"{prefix}{i:05d}@{domains[i % 2]}", TENANTS[i % 2]) for i in range(count)]
@@ -335,21 +399,22 @@ def capacity_hits(env: LocalEnv, start: int) -> dict[str, Any]:
     return {"capacity_lines": len(hits), "capacity_kinds": list(kinds.values())[:5]}
 
 
-def initial_syncs_done(daemon: Daemon, db: Database, mailboxes: int, rows: int) -> bool:
+def initial_syncs_done(daemon: Replicas, db: Database, mailboxes: int, rows: int) -> bool:
     polled = total(daemon.try_metrics(), "mailsyncd_polls_total", outcome="success") or 0
     return polled >= mailboxes and db.inbox_rows() >= rows
 
 
-def steady(env: LocalEnv, workdir: Path, args: Any) -> dict[str, Any]:
+def steady(env: LocalEnv, workdir: Path, args: Any, replicas: int = 1) -> dict[str, Any]:
     n, interval, rows = args.mailboxes, args.interval, args.mailboxes * args.messages_per_mailbox
-    mailboxes = make_mailboxes(env.info, "steady", n)
+    mailboxes = make_mailboxes(env.info, f"steady{replicas}r", n)
     say(f"seeding {n} mailboxes x {args.messages_per_mailbox} messages")
     started = time.monotonic()
     seed(env.info, mailboxes, args.messages_per_mailbox)
     seed_s = time.monotonic() - started
     say(f"seeded in {seed_s:.1f} s; starting mailsyncd, waiting for every initial sync")
     prober, log_start = Prober(env.info, mailboxes, args), log_size(env)
-    with running(env, workdir, "steady", mailboxes, args) as (daemon, db):
+    name = f"steady{replicas}r"
+    with running(env, workdir, name, mailboxes, args, replicas=replicas) as (daemon, db):
         started, deadline = time.monotonic(), time.monotonic() + 60 + 3 * interval + n / 20
         while not initial_syncs_done(daemon, db, n, rows):
             if time.monotonic() > deadline:
@@ -360,7 +425,8 @@ def steady(env: LocalEnv, workdir: Path, args: Any) -> dict[str, Any]:
         time.sleep(interval)
         say(f"measuring {args.window:g} s with {args.probes} new messages")
         dovecot = env.info.pids["dovecot"]
-        m0, cpu0, dovecot0 = daemon.metrics(), tree_usage(daemon.pid)[0], tree_usage(dovecot)[0]
+        each0, cpu0, dovecot0 = daemon.each_metrics(), daemon.usages(), tree_usage(dovecot)[0]
+        m0 = _summed(iter(each0))
         t0 = time.monotonic()
         appender = threading.Thread(target=prober.append_all, args=(t0,), daemon=True)
         appender.start()
@@ -368,7 +434,9 @@ def steady(env: LocalEnv, workdir: Path, args: Any) -> dict[str, Any]:
             while time.monotonic() < t0 + args.window:
                 prober.check(db)
                 time.sleep(DB_POLL)
-            m1, (cpu1, rss) = daemon.metrics(), tree_usage(daemon.pid)
+            each1, cpu1 = daemon.each_metrics(), daemon.usages()
+            thread_count = max(threads(d.pid) for d in daemon.daemons)
+            m1 = _summed(iter(each1))
             dovecot1 = tree_usage(dovecot)[0]
             t1 = time.monotonic()
             appender.join()
@@ -381,7 +449,14 @@ def steady(env: LocalEnv, workdir: Path, args: Any) -> dict[str, Any]:
     seconds, polls = t1 - t0, delta(m0, m1, "mailsyncd_polls_total")
     delay, duration = "mailsyncd_schedule_delay_seconds", "mailsyncd_poll_duration_seconds"
     latencies = sorted(prober.latency.values())
+    cores = [(b[0] - a[0]) / CLK_TCK / seconds for a, b in zip(cpu0, cpu1, strict=True)]
     return {
+        "replicas": replicas,
+        "replica_cpu_cores": cores,
+        "replica_polls_per_s": [
+            delta(a, b, "mailsyncd_polls_total") / seconds
+            for a, b in zip(each0, each1, strict=True)
+        ],
         "seed_s": seed_s,
         "initial_sync_s": initial_s,
         "window_s": seconds,
@@ -391,12 +466,17 @@ def steady(env: LocalEnv, workdir: Path, args: Any) -> dict[str, Any]:
         "delay_p50_s": histogram_quantile(0.5, m0, m1, delay),
         "delay_p99_s": histogram_quantile(0.99, m0, m1, delay),
         "poll_mean_ms": 1e3 * ratio(*(delta(m0, m1, f"{duration}_{s}") for s in ("sum", "count"))),
-        "cpu_cores": (cpu1 - cpu0) / CLK_TCK / seconds,
-        "rss_mb": rss,
+        "cpu_cores": sum(cores),
+        "rss_mb": sum(usage[1] for usage in cpu1),
         "dovecot_cpu_cores": (dovecot1 - dovecot0) / CLK_TCK / seconds,
         "logins_per_poll": ratio(delta(m0, m1, "mailsyncd_imap_logins_total"), polls),
         "failed_polls": delta(m0, m1, "mailsyncd_polls_total", outcome="failure"),
         "failure_reasons": failure_reasons(m0, m1),
+        "idle": bool(args.idle),
+        "mailboxes": n,
+        "idle_sessions": total(m1, "mailsyncd_idle_sessions"),
+        "threads": thread_count,
+        "latency_p99_s": percentile(latencies, 0.99),
         "latency_p50_s": statistics.median(latencies) if latencies else math.nan,
         "latency_max_s": latencies[-1] if latencies else math.nan,
         "probes_seen": len(latencies),
@@ -422,8 +502,8 @@ def rss_run(env: LocalEnv, workdir: Path, args: Any, n: int) -> dict[str, Any]:
             m = daemon.try_metrics() or m
             polls = total(m, "mailsyncd_polls_total") or 0.0
             held = total(m, "mailsyncd_imap_sessions_open") or 0.0
-            peak = max(peak, tree_usage(daemon.pid)[1])
-        seconds, rss = time.monotonic() - started, tree_usage(daemon.pid)[1]
+            peak = max(peak, sum(u[1] for u in daemon.usages()))
+        seconds, rss = time.monotonic() - started, sum(u[1] for u in daemon.usages())
         daemon.check_alive()
     return {
         "mailboxes": n,
@@ -465,6 +545,8 @@ def steady_lines(f: argparse.Namespace) -> list[str]:
     polls = f"{f.polls_per_s:.1f}/s of {f.offered_polls_per_s:.1f} ({f.polls_ratio:.1%})"
     delay = f"{f.delay_p50_s:.3f} / {f.delay_p99_s:.3f} s"
     latency = f"{f.latency_p50_s:.2f} / {f.latency_max_s:.2f} s"
+    if f.idle:
+        latency = f"{f.latency_p50_s:.2f} / {f.latency_p99_s:.2f} / {f.latency_max_s:.2f} s"
     seen = f"{f.probes_seen} of {f.probes_seen + len(f.probe_errors)} seen"
     logins = f.logins_per_poll
     rows = [
@@ -476,12 +558,36 @@ def steady_lines(f: argparse.Namespace) -> list[str]:
         ("daemon RSS at the end", f"{f.rss_mb:.0f} MB", "< 500 MB", ok(f.rss_mb < 500)),
         ("IMAP logins per poll", f"{logins:.3f}", "< 0.05", ok(logins < 0.05)),
         ("failed polls", f"{f.failed_polls:.0f}", "0", ok(f.failed_polls == 0)),
-        ("new-mail latency p50 / max", latency, "", seen),
+        (
+            "new-mail latency p50 / p99 / max" if f.idle else "new-mail latency p50 / max",
+            latency,
+            "p99 <= 1 s" if f.idle else "",
+            seen,
+        ),
         ("IMAP sessions open (end)", sessions(f), "", ""),
         ("Dovecot CPU (for context)", f"{f.dovecot_cpu_cores:.3f} cores", "", ""),
     ]
+    if f.idle:
+        idle = f.idle_sessions or 0
+        rows[1:1] = [
+            ("mailboxes in IDLE (end)", f"{idle:.0f}", f"{f.mailboxes}", ok(idle == f.mailboxes)),
+            ("daemon threads", f"{f.threads}", "< 200", ok(f.threads < 200)),
+            (
+                "daemon CPU (IDLE target)",
+                f"{f.cpu_cores:.3f} cores",
+                "< 0.1 core",
+                ok(f.cpu_cores < 0.1),
+            ),
+        ]
+    if f.replicas > 1:
+        each = ", ".join(
+            f"{c:.3f} cores / {p:.1f} polls/s"
+            for c, p in zip(f.replica_cpu_cores, f.replica_polls_per_s, strict=True)
+        )
+        rows.insert(5, ("  each replica", each, "", ""))
     head = f"  seeding   {f.seed_s:.1f} s; every initial sync done {f.initial_sync_s:.1f} s after "
     return [
+        f"  {f.replicas} replica{'s' if f.replicas > 1 else ''}",
         f"{head}mailsyncd started; window {f.window_s:.1f} s",
         "",
         *(f"  {a:<30} {b:>26}   {c:<11} {d}".rstrip() for a, b, c, d in rows),
@@ -504,8 +610,32 @@ def rss_lines(f: argparse.Namespace) -> list[str]:
     return lines
 
 
-def report(steady: dict[str, Any] | None, rss: dict[str, Any] | None, **_: object) -> str:
+def scaled_lines(one: argparse.Namespace, many: argparse.Namespace) -> list[str]:
+    """The replicas' run against the single replica's, measured in the same invocation."""
+    per_replica = max(many.replica_cpu_cores)
+    share = ratio(per_replica, one.cpu_cores)
+    first = (
+        f"  scaling   {many.replicas} replicas vs 1 for the same load: CPU of the busiest "
+        f"replica {per_replica:.3f} cores = {share:.2f} x the single replica's "
+        f"{one.cpu_cores:.3f} (target about {1 / many.replicas:.2f})"
+    )
+    second = (
+        f"            polls {many.polls_per_s:.1f}/s of {many.offered_polls_per_s:.1f} offered "
+        f"({many.polls_ratio:.1%}); total CPU {many.cpu_cores:.3f} vs {one.cpu_cores:.3f} cores"
+    )
+    return [first, second]
+
+
+def report(
+    steady: dict[str, Any] | None,
+    rss: dict[str, Any] | None,
+    scaled: dict[str, Any] | None = None,
+    **_: object,
+) -> str:
     lines = steady_lines(argparse.Namespace(**steady)) if steady else []
+    if steady and scaled:
+        lines += ["", *steady_lines(argparse.Namespace(**scaled))]
+        lines += ["", *scaled_lines(argparse.Namespace(**steady), argparse.Namespace(**scaled))]
     lines += ["", *rss_lines(argparse.Namespace(**rss))] if rss else []
     lines += ["", f"  load      average {os.getloadavg()[0]:.2f} at the end (1 min)", ""]
     return "\n".join([*lines, "A benchmark, not a test: the verdicts do not set the exit code."])
@@ -522,6 +652,14 @@ def main() -> int:
     arg("--max-open-sessions", type=int, default=10000, help="limits.max_open_sessions (10000)")
     arg("--workers", type=int, help="limits.max_concurrent_polls and its per-tenant bound")
     arg("--database", choices=("sqlite", "postgresql"), default="sqlite")
+    arg("--idle", action="store_true", help="defaults.idle: true (push through IMAP IDLE)")
+    arg(
+        "--replicas",
+        type=int,
+        default=1,
+        metavar="R",
+        help="also run R replicas on the same load after one (needs --database postgresql)",
+    )
     arg("--token-lifetime", type=float, default=3600.0, help="of the local tokens, s (3600)")
     arg("--skip-rss", action="store_true", help="no RSS run after the steady state")
     arg("--rss-mailboxes", type=int, default=10000, metavar="N2", help="of the RSS run (10000)")
@@ -530,6 +668,8 @@ def main() -> int:
     args = parser.parse_args()
     if min(args.mailboxes, args.messages_per_mailbox, args.interval, args.window) <= 0:
         parser.error("N, M, I and W must be positive")
+    if args.replicas > 1 and args.database != "postgresql":
+        parser.error("--replicas needs --database postgresql (SQLite runs one replica)")
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C
     path = os.environ.get("PYTHONPATH")
     command = shlex.join([os.path.relpath(sys.executable), *sys.argv])
@@ -550,13 +690,21 @@ def main() -> int:
         flush=True,
     )
     env: LocalEnv | None = None
-    figures: dict[str, Any] = {"command": command, "nproc": nproc, "steady": None, "rss": None}
+    figures: dict[str, Any] = {
+        "command": command,
+        "nproc": nproc,
+        "steady": None,
+        "scaled": None,
+        "rss": None,
+    }
     try:
         with tempfile.TemporaryDirectory(prefix="mailsyncd-steady-") as tmp:
             say("starting the local environment (Dovecot, identity platform)")
             env = LocalEnv.start_temporary(tenants=TENANTS, token_lifetime=args.token_lifetime)
             if not args.rss_only:
                 figures["steady"] = steady(env, Path(tmp), args)
+                if args.replicas > 1:
+                    figures["scaled"] = steady(env, Path(tmp), args, args.replicas)
             if args.rss_only or not args.skip_rss:
                 n2 = args.rss_only or args.rss_mailboxes
                 figures["rss"] = rss_run(env, Path(tmp), args, n2)

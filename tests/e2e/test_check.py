@@ -23,16 +23,22 @@ import jsonschema
 import pytest
 import yaml
 
+from daemon.auth.hints import token_object_id
+from daemon.store.engine import create_engine_for
+from daemon.store.migrate import head_revision, migrate
 from localenv import pki
 from localenv.client import IdpControl
-from localenv.env import EnvInfo, free_port
-from support.daemon import MAILSYNCD, MailboxSpec, make_config
+from localenv.env import FEDERATED_ISSUER, EnvInfo, free_port
+from localenv.exchange_proxy import ExchangeProxy
+from support.daemon import MAILSYNCD, MailboxSpec, make_config, through
+from support.federated import projected_token_file
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((REPO / "docs" / "check-output.schema.json").read_text())
 CLI_TIMEOUT = 90
 EVERY_STEP = {
     "config",
+    "database",
     "credential",
     "token",
     "token.audience",
@@ -88,7 +94,11 @@ def check(tmp_path: Path) -> Callable[..., Outcome]:
     counter = iter(range(1000))
 
     def run(
-        config: dict[str, Any], *args: str, json_output: bool = True, prefix: Sequence[str] = ()
+        config: dict[str, Any],
+        *args: str,
+        json_output: bool = True,
+        prefix: Sequence[str] = (),
+        env: dict[str, str] | None = None,
     ) -> Outcome:
         path = tmp_path / f"check-{next(counter)}.yaml"
         path.write_text(yaml.safe_dump(config))
@@ -96,7 +106,12 @@ def check(tmp_path: Path) -> Callable[..., Outcome]:
         if json_output:
             argv.append("--json")
         result = subprocess.run(
-            argv, env=_env(), capture_output=True, text=True, timeout=CLI_TIMEOUT, check=False
+            argv,
+            env={**_env(), **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT,
+            check=False,
         )
         doc = None
         if json_output:
@@ -142,7 +157,7 @@ def platform(idp: IdpControl, env_info: EnvInfo) -> Iterator[IdpControl]:
             tenant.tenant_id,
             tenant.client_id,
             set_={"secrets": [{"value": tenant.secret, "expires": None}]},
-            unset=["roles", "audience"],
+            unset=["roles", "audience", "service_principal", "federated_detail"],
         )
 
 
@@ -188,7 +203,8 @@ def test_human_output_has_one_line_per_step_and_never_a_token_or_secret(
     assert result.code == 0, result.stdout
     lines = result.stdout.splitlines()
     assert all(line.startswith("PASS  ") for line in lines[:-1]), result.stdout
-    assert len(lines) == 1 + 2 * 8 + 2 * 2 + 1  # config, 8 per tenant, 2 per mailbox, summary
+    # config, database, 8 per tenant, 2 per mailbox, summary
+    assert len(lines) == 2 + 2 * 8 + 2 * 2 + 1
     assert lines[-1].startswith("setup OK: ")
     output = result.stdout + result.stderr
     assert idp.requests(), "the check asked for no token"
@@ -375,6 +391,146 @@ def test_login_refused_with_a_good_token_names_the_exchange_commands_with_values
     assert result.step("imap.examine")["data"]["blocked_by"] == "imap.login"
 
 
+def test_app_without_service_principal_fails_the_token_step_with_sp_create(
+    check: Callable[..., Outcome],
+    setup: Callable[..., dict[str, Any]],
+    platform: IdpControl,
+    env_info: EnvInfo,
+) -> None:
+    contoso = env_info.tenant("contoso")
+    platform.update_client(contoso.tenant_id, contoso.client_id, set_={"service_principal": False})
+    result = check(setup())
+    assert result.code == 1
+    assert result.failed() == ["token"]
+    token = result.step("token")
+    assert token["data"]["aadsts"] == 7000229
+    assert "AADSTS7000229 (no service principal in the tenant)" in token["cause"]
+    assert f"az ad sp create --id {contoso.client_id}" in token["fix"]
+    assert "admin consent" in token["fix"]
+
+
+def test_federated_subject_mismatch_shows_the_presented_iss_and_sub_never_the_token(
+    check: Callable[..., Outcome],
+    setup: Callable[..., dict[str, Any]],
+    platform: IdpControl,
+    env_info: EnvInfo,
+    tmp_path: Path,
+) -> None:
+    fabrikam = env_info.tenant("fabrikam")
+    subject = "system:serviceaccount:elsewhere:mailsyncd"
+    token_file = projected_token_file(env_info, tmp_path, subject=subject)
+    projected = token_file.read_text()
+    platform.update_client(fabrikam.tenant_id, fabrikam.client_id, set_={"federated_detail": True})
+    config = setup(both_tenants=True)
+    config["tenants"][1]["credential"] = {"federated_token_file": str(token_file)}
+    result = check(config, "--mailbox", config["mailboxes"][1]["address"])
+    assert result.code == 1
+    assert result.failed() == ["token"]
+    token = result.step("token", tenant="fabrikam")
+    assert token["data"]["aadsts"] == 700213
+    assert "federated credential subject does not match" in token["cause"]
+    assert f"sub {subject}" in token["fix"]
+    assert f"iss {FEDERATED_ISSUER}" in token["fix"]
+    assert f"az ad app federated-credential list --id {fabrikam.client_id}" in token["fix"]
+    for part in projected.split("."):
+        assert part not in result.stdout + result.stderr
+
+
+def test_mailbox_without_grant_answered_the_exchange_way_fails_login_with_the_grant(
+    check: Callable[..., Outcome],
+    setup: Callable[..., dict[str, Any]],
+    env_info: EnvInfo,
+    exchange: ExchangeProxy,
+    idp: IdpControl,
+) -> None:
+    config = setup()
+    config.update(through(env_info, exchange.port))
+    config["tenants"] = config["tenants"][:1]
+    mailbox = config["mailboxes"][0]["address"]
+    exchange.deny_mailbox(mailbox)
+    result = check(config)
+    assert result.code == 1
+    # Exchange accepts AUTHENTICATE and refuses the next command: the login step sends one.
+    assert result.failed() == ["imap.login"]
+    assert exchange.logins_of(mailbox) == 1
+    oid = result.step("token")["data"]["oid"]
+    assert oid
+    assert oid == token_object_id(idp.issued_secrets()["tokens"][-1])
+    login = result.step("imap.login")
+    assert "User is authenticated but not connected" in login["detail"]
+    assert f"has no rights on {mailbox}" in login["cause"]
+    assert (
+        f"Add-MailboxPermission -Identity {mailbox} -User {oid} -AccessRights FullAccess"
+        in login["fix"]
+    )
+    assert "<" not in login["fix"]
+    assert result.step("imap.examine")["data"]["blocked_by"] == "imap.login"
+
+
+# -- the database (optional: check needs none) -------------------------------------------------
+
+UNSET_VARIABLE = "MAILSYNCD_TEST_DATABASE_URL"  # _env() drops every MAILSYNCD_ variable
+
+
+def test_database_url_env_unset_skips_the_database_step_and_checks_the_rest(
+    check: Callable[..., Outcome], setup: Callable[..., dict[str, Any]]
+) -> None:
+    config = setup()
+    config["database"] = {"url_env": UNSET_VARIABLE}
+    result = check(config)
+    assert result.code == 0, result.stdout
+    database = result.step("database")
+    assert database["status"] == "skip"
+    assert database["data"]["variable"] == UNSET_VARIABLE
+    assert UNSET_VARIABLE in database["detail"]
+    assert result.step("imap.examine")["status"] == "pass"
+    human = check(config, json_output=False)
+    assert human.code == 0, human.stdout + human.stderr
+
+
+def test_database_at_head_passes_and_an_empty_one_says_run_creates_the_schema(
+    check: Callable[..., Outcome],
+    setup: Callable[..., dict[str, Any]],
+    make_sqlite_url: Callable[[], str],
+    make_pg_url: Callable[[], str],
+) -> None:
+    migrated = make_sqlite_url()
+    engine = create_engine_for(migrated)
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
+    config = setup()
+    config["database"] = {"url_env": UNSET_VARIABLE}
+    at_head = check(config, env={UNSET_VARIABLE: migrated})
+    assert at_head.code == 0, at_head.stdout
+    database = at_head.step("database")
+    assert database["status"] == "pass"
+    assert database["data"]["revision"] == database["data"]["head"] == head_revision()
+    empty_pg = make_pg_url()
+    config["database"] = {"url": empty_pg}
+    empty = check(config)
+    assert empty.code == 0, empty.stdout
+    assert "no mailsyncd schema yet" in empty.step("database")["detail"]
+    assert empty.step("database")["data"]["revision"] is None
+
+
+def test_unreachable_database_fails_its_step_without_showing_the_password(
+    check: Callable[..., Outcome], setup: Callable[..., dict[str, Any]]
+) -> None:
+    password = f"pw-{uuid.uuid4().hex}"
+    url = f"postgresql+psycopg://mailsyncd:{password}@127.0.0.1:{free_port()}/mailsyncd"
+    config = setup()
+    config["database"] = {"url_env": UNSET_VARIABLE}
+    result = check(config, env={UNSET_VARIABLE: url})
+    assert result.code == 1
+    assert result.failed() == ["database"]
+    database = result.step("database")
+    assert "cannot be reached" in database["cause"]
+    assert password not in result.stdout + result.stderr
+    assert result.step("imap.examine")["status"] == "pass"  # the rest still runs
+
+
 # -- IMAP: folders, TLS, network ---------------------------------------------------------------
 
 
@@ -500,7 +656,7 @@ def test_mailbox_option_checks_only_that_mailbox_and_its_tenant(
     result = check(config, "--mailbox", wanted.upper())
     assert result.code == 0, result.stdout
     assert result.doc is not None
-    assert {s["tenant"] for s in result.doc["steps"][1:]} == {"fabrikam"}
+    assert {s["tenant"] for s in result.doc["steps"][2:]} == {"fabrikam"}
     assert {s["mailbox"] for s in result.doc["steps"] if s["mailbox"]} == {wanted}
 
 

@@ -362,10 +362,14 @@ def test_prometheus_scrapes_every_spec_metric_with_its_type_and_the_values_of_th
     assert logins_ok["wrongsecret"] == logins_ok["closedport"] == 0
     assert set(logins_failed.values()) == {0.0}
 
-    states = _by(prom.query("mailsyncd_mailboxes"), "state")
+    states = _by(prom.query("sum by (state) (mailsyncd_mailboxes)"), "state")
     assert states == {"ok": 3.0, "backoff": 1.0, "auth_failed": 1.0, "disabled": 0.0}
-    oldest = prom.value("mailsyncd_oldest_successful_poll_timestamp_seconds")
-    assert now - 120 < oldest <= now
+    assert _by(prom.query('mailsyncd_mailboxes{state="auth_failed"} > 0'), "tenant") == {
+        "wrongsecret": 1.0
+    }
+    oldest = _by(prom.query("mailsyncd_oldest_successful_poll_timestamp_seconds"), "tenant")
+    assert set(oldest) == set(tenants)
+    assert all(now - 120 < ts <= now for ts in oldest.values()), oldest
 
     build = prom.query("mailsyncd_build_info")
     assert [(r["metric"]["version"], float(r["value"][1])) for r in build] == [
@@ -391,7 +395,7 @@ def test_prometheus_scrapes_every_spec_metric_with_its_type_and_the_values_of_th
 
     configured = _by(prom.query("mailsyncd_mailboxes_configured"), "tenant")
     assert configured == {"contoso": 2.0, "fabrikam": 1.0, "wrongsecret": 1.0, "closedport": 1.0}
-    assert prom.value("mailsyncd_config_loaded") == 1
+    assert prom.value("mailsyncd_config_last_reload_successful") == 1
     assert set(_by(prom.query("mailsyncd_polls_in_flight"), "tenant")) == set(tenants)
     assert prom.query("mailsyncd_folders_missing")
 
@@ -421,7 +425,7 @@ def test_alert_rules_evaluate_on_real_series_and_exactly_the_broken_tenants_aler
     target = {"job": "mailsyncd", "instance": f"127.0.0.1:{scenario.daemon.http_port}"}
     ratio = "MailsyncdPollFailureRatioHigh"
     required = {
-        _alert("MailsyncdAuthFailures", target),
+        _alert("MailsyncdAuthFailures", {**target, "tenant": "wrongsecret"}),  # names the tenant
         _alert("MailsyncdTokenRefreshFailing", {**target, "tenant": "wrongsecret"}),
         _alert(ratio, {"job": "mailsyncd", "tenant": "closedport", "reason": "connect"}),
     }
@@ -443,7 +447,7 @@ def test_alert_rules_evaluate_on_real_series_and_exactly_the_broken_tenants_aler
         (a["labels"]["alertname"], a["labels"].get("tenant")): float(a["value"])
         for a in prom.api("alerts")["alerts"]
     }
-    assert values[("MailsyncdAuthFailures", None)] == 1  # one mailbox in auth_failed
+    assert values[("MailsyncdAuthFailures", "wrongsecret")] == 1  # one mailbox in auth_failed
     assert values[("MailsyncdPollFailureRatioHigh", "closedport")] == 1  # every poll failed
     assert values[("MailsyncdTokenRefreshFailing", "wrongsecret")] >= 1
 

@@ -90,11 +90,12 @@ class Setup:
 def setup(
     tmp_path: Path,
     env_info: EnvInfo,
-    make_sqlite_url: Callable[[], str],
+    database_url: str,
     fixture_imap: Callable[[str], FixtureImap],
     new_mailbox: Callable[..., str],
 ) -> Setup:
-    return Setup(tmp_path, env_info, make_sqlite_url(), fixture_imap, new_mailbox)
+    """Once with SQLite (one replica) and once with PostgreSQL (a replica with leases)."""
+    return Setup(tmp_path, env_info, database_url, fixture_imap, new_mailbox)
 
 
 @pytest.fixture

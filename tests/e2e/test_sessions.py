@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -20,36 +19,14 @@ from localenv.env import EnvInfo
 from localenv.exchange_proxy import ExchangeProxy
 from localenv.imap import FixtureImap
 from localenv.seed import realistic_messages
-from support.daemon import (
-    DaemonProcess,
-    MailboxSpec,
-    count_rows,
-    events,
-    through,
-    view_rows,
-    wait_for,
-)
+from support.daemon import DaemonProcess, MailboxSpec, events, through, view_rows, wait_for
+from support.rig import MailboxRig
 
 pytestmark = pytest.mark.slow
 
 
-@dataclass
-class Rig:
-    """What every test here uses: the daemon runner, the mailboxes, a fresh SQLite file."""
-
-    mailsyncd: Callable[..., DaemonProcess]
-    fixture_imap: Callable[[str], FixtureImap]
-    new_mailbox: Callable[..., str]
-    info: EnvInfo
-    url: str
-
-    def mailboxes(self, count: int, messages: int = 2) -> list[str]:
-        made = [self.new_mailbox() for _ in range(count)]
-        for index, mailbox in enumerate(made):
-            self.fixture_imap(mailbox).append(
-                "INBOX", realistic_messages(messages, seed=100 + index)
-            )
-        return made
+class Rig(MailboxRig):
+    """Runs the daemon on a fresh SQLite file, polling every second."""
 
     def run(self, mailboxes: list[str], **kwargs: Any) -> DaemonProcess:
         return self.mailsyncd(
@@ -58,9 +35,6 @@ class Rig:
             poll_interval="1s",
             **kwargs,
         )
-
-    def rows(self, mailbox: str) -> int:
-        return count_rows(self.url, mailbox)
 
 
 @pytest.fixture

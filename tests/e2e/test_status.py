@@ -36,6 +36,7 @@ FIELDS = (
     "last_error",
     "hint",
     "initial_sync_remaining",
+    "idle",  # beyond the SPEC's columns: SPEC "Push"
 )
 
 
@@ -64,12 +65,12 @@ def endpoint(daemon: DaemonProcess) -> dict[str, Any]:
 
 def test_the_view_the_endpoint_and_the_command_agree_and_name_an_auth_failed_mailbox(
     mailsyncd: Callable[..., DaemonProcess],
-    make_sqlite_url: Callable[[], str],
+    database_url: str,
     fixture_imap: Callable[[str], FixtureImap],
     new_mailbox: Callable[..., str],
     refusing: tuple[ExchangeProxy, dict[str, Any]],
 ) -> None:
-    url = make_sqlite_url()
+    url = database_url  # PostgreSQL: a replica with leases; the view's owner is the lease's
     healthy, refused = new_mailbox(), new_mailbox()
     fixture_imap(healthy).append("INBOX", realistic_messages(3, seed=5))
     proxy, extra = refusing

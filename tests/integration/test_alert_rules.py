@@ -16,12 +16,13 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from daemon.metrics import Metrics
+from support.markdown import github_anchors
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 ALERTS_TEST = ROOT / "deploy" / "prometheus" / "alerts_test.yaml"
 OPERATIONS = ROOT / "docs" / "operations.md"
-RUNBOOK_PREFIX = "docs/operations.md#"
+RUNBOOK_PREFIX = "https://example.invalid/mailsyncd/blob/main/docs/operations.md#"  # generate.py
 SEVERITIES = {"critical", "warning", "info"}
 
 
@@ -39,29 +40,6 @@ def _rules() -> list[dict[str, Any]]:
 
 def _alerts() -> list[dict[str, Any]]:
     return [rule for rule in _rules() if "alert" in rule]
-
-
-def github_anchors(markdown: str) -> set[str]:
-    """The anchors GitHub generates for the headings of ``markdown`` (and explicit ids)."""
-    anchors: set[str] = set()
-    seen: dict[str, int] = {}
-    in_code = False
-    for line in markdown.splitlines():
-        if line.startswith("```"):
-            in_code = not in_code
-            continue
-        if in_code:
-            continue
-        heading = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
-        if heading:
-            # Rendered text: code marks and emphasis stars go, link text stays, "_" stays.
-            text = re.sub(r"[`*]|\[([^\]]*)\]\([^)]*\)", r"\1", heading.group(1)).lower()
-            slug = re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
-            count = seen.get(slug, 0)
-            seen[slug] = count + 1
-            anchors.add(slug if count == 0 else f"{slug}-{count}")
-        anchors.update(re.findall(r'<a\s+(?:id|name)="([^"]+)"', line))
-    return anchors
 
 
 def exported_metrics() -> set[str]:

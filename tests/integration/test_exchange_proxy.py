@@ -315,6 +315,7 @@ def test_denied_mailbox_authenticates_then_is_not_connected(
     imap = connect(proxy.port)
     assert xoauth2(imap, mailbox, local_env.mint_token("contoso"), initial=False) == "OK"
     assert proxy.logins == 1
+    assert proxy.logins_of(mailbox) == 1
     with pytest.raises(imaplib.IMAP4.error, match="User is authenticated but not connected"):
         imap.select("INBOX")
     assert imap.readline() == b"* BYE Connection closed. 14\r\n"

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from email.message import Message
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 
-from daemon.http import READINESS_FAILED, STATUS_FAILED, HealthServer, parse_listen
+from daemon.http import READINESS_FAILED, STATUS_FAILED, HealthServer
 from daemon.metrics import Metrics
 
 
@@ -101,6 +101,24 @@ def test_metrics_serves_prometheus_text_with_the_spec_names(
         assert f"\n{name}" in text, name
     assert 'mailsyncd_build_info{version="9.9.9"} 1.0' in text
     assert 'mailsyncd_polls_total{outcome="failure",tenant="fabrikam"} 0.0' in text
+
+
+def test_metrics_serves_the_process_and_platform_collectors_and_no_created_series(
+    start_server: Callable[..., HealthServer],
+) -> None:
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)  # as the composition root registers it
+    metrics = Metrics(registry, ["contoso"], version="9.9.9")
+    metrics.poll_finished("contoso", "success", 0.2)
+    server = start_server(registry=registry)
+
+    text = request(server, "/metrics").body.decode()
+
+    assert "\nprocess_resident_memory_bytes " in text
+    assert "\nprocess_start_time_seconds " in text
+    assert "\npython_info{" in text
+    assert 'mailsyncd_polls_total{outcome="success",tenant="contoso"} 1.0' in text
+    assert "_created" not in text
 
 
 def test_metrics_is_gzipped_when_the_scraper_accepts_it(
@@ -332,22 +350,7 @@ def test_listen_on_ipv6_loopback(start_server: Callable[..., HealthServer]) -> N
     assert request(server, "/healthz").status == 200
 
 
-@pytest.mark.parametrize(
-    ("listen", "expected"),
-    [
-        ("0.0.0.0:9464", ("0.0.0.0", 9464)),  # noqa: S104 - parsed, never bound
-        ("127.0.0.1:0", ("127.0.0.1", 0)),
-        ("[::1]:9464", ("::1", 9464)),
-        ("[::]:0", ("::", 0)),
-        (":9464", ("", 9464)),
-        ("localhost:8080", ("localhost", 8080)),
-    ],
-)
-def test_parse_listen_accepts_host_port_forms(listen: str, expected: tuple[str, int]) -> None:
-    assert parse_listen(listen) == expected
-
-
-@pytest.mark.parametrize("listen", ["9464", "::1:9464", "[::1]9464", "host:http", "h:70000", "h:"])
-def test_parse_listen_rejects_malformed_addresses(listen: str) -> None:
-    with pytest.raises(ValueError, match="listen address"):
-        parse_listen(listen)
+def test_server_refuses_a_listen_address_the_configuration_refuses() -> None:
+    """The server parses ``http.listen`` with the configuration's parser, never its own."""
+    with pytest.raises(ValueError, match="host:port"):
+        HealthServer("::1:9464", CollectorRegistry(), health=lambda: True, readiness=list)

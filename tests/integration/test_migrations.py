@@ -26,7 +26,16 @@ from daemon.store.migrate import (
 from daemon.store.models import metadata
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TABLES = {"alembic_version", "mailboxes", "folders", "messages", "mailbox_states"}
+TABLES = {
+    "alembic_version",
+    "mailboxes",
+    "folders",
+    "messages",
+    "mailbox_states",
+    "mailsyncd_replicas",
+    "mailbox_leases",
+}
+LEASES = {"mailsyncd_replicas", "mailbox_leases"}
 VIEWS = {"message_metadata", "mailbox_status"}
 STATUS_VIEW_COLUMNS = [
     "mailbox",
@@ -40,6 +49,7 @@ STATUS_VIEW_COLUMNS = [
     "last_error",
     "hint",
     "initial_sync_remaining",
+    "idle",  # an extension: SPEC "Push"
 ]
 
 MakeEngine = Callable[[str], sa.Engine]
@@ -59,8 +69,8 @@ def _alembic(engine: sa.Engine, action: str, revision: str) -> None:
         getattr(command, action)(config, revision)
 
 
-def test_head_revision_is_the_mailbox_status_revision() -> None:
-    assert head_revision() == "0002"
+def test_head_revision_is_the_leases_revision() -> None:
+    assert head_revision() == "0003"
 
 
 def test_migrate_brings_an_empty_database_to_head(
@@ -236,7 +246,7 @@ def test_downgrade_to_0001_drops_the_status_and_upgrade_restores_it(
     _alembic(engine, "downgrade", "0001")
 
     assert current_revision(engine) == "0001"
-    assert _tables_and_views(engine) == (TABLES - {"mailbox_states"}, {"message_metadata"})
+    assert _tables_and_views(engine) == (TABLES - {"mailbox_states"} - LEASES, {"message_metadata"})
     with engine.connect() as connection:  # the data of 0001 is untouched
         assert connection.scalar(sa.text("SELECT count(*) FROM mailboxes")) == 1
 

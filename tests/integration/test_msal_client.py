@@ -36,9 +36,10 @@ from daemon.config import Tenant, config_from_mapping, load_config
 from daemon.errors import TokenRejected, TokenUnavailable
 from localenv import pki
 from localenv.client import IdpControl
-from localenv.env import EnvInfo, LocalEnv
+from localenv.env import FEDERATED_ISSUER, FEDERATED_SUBJECT, EnvInfo, LocalEnv
 from localenv.tokens import EXCHANGE_RESOURCE
 from support.daemon import wait_for
+from support.federated import projected_token_file
 
 SCOPE = f"{EXCHANGE_RESOURCE}/.default"
 Observation = tuple[str, bool, AccessToken | None]
@@ -525,3 +526,95 @@ def test_missing_federated_token_file_is_rejected_with_a_hint(
     assert "federated_token_file" in str(error)
     assert "exists" in (error.hint or "")
     assert len(harness.requests()) == 1
+
+
+# -- refusals classified by the OAuth error field ------------------------------------------------
+
+
+def test_app_without_service_principal_is_rejected_with_7000229_and_az_ad_sp_create(
+    make_client: Callable[..., Harness], env_info: EnvInfo, idp: IdpControl
+) -> None:
+    t = env_info.tenant("contoso")
+    idp.update_client(t.tenant_id, t.client_id, set_={"service_principal": False})
+    try:
+        harness = make_client({"client_secret_file": t.secret_file})
+        error = harness.fails(TokenRejected)
+    finally:
+        idp.update_client(t.tenant_id, t.client_id, unset=["service_principal"])
+    assert error.code == 7000229
+    assert f"az ad sp create --id {t.client_id}" in error.hint
+    assert "admin consent" in error.hint
+    assert [(r["status"], r["error_code"]) for r in harness.requests()] == [(400, 7000229)]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (700213, "system:serviceaccount:other:mailsyncd", ""),
+        (700211, FEDERATED_SUBJECT, "https://oidc.elsewhere.test/"),
+    ],
+    ids=["subject", "issuer"],
+)
+def test_federated_mismatch_is_rejected_with_the_presented_iss_and_sub_never_the_token(
+    make_client: Callable[..., Harness],
+    env_info: EnvInfo,
+    idp: IdpControl,
+    tmp_path: Path,
+    case: tuple[int, str, str],
+) -> None:
+    code, subject, issuer = case
+    t = env_info.tenant("fabrikam")
+    token_file = projected_token_file(
+        env_info, tmp_path, subject=subject, issuer=issuer or FEDERATED_ISSUER
+    )
+    idp.update_client(t.tenant_id, t.client_id, set_={"federated_detail": True})
+    try:
+        harness = make_client({"federated_token_file": str(token_file)}, tenant="fabrikam")
+        harness.extra_secrets.append(token_file.read_text())
+        error = harness.fails(TokenRejected)
+    finally:
+        idp.update_client(t.tenant_id, t.client_id, unset=["federated_detail"])
+    assert error.code == code
+    assert f"sub {subject}" in error.hint
+    assert f"iss {issuer or FEDERATED_ISSUER}" in error.hint
+    assert f"az ad app federated-credential list --id {t.client_id}" in error.hint
+
+
+def test_unknown_code_with_a_refusal_error_is_rejected_with_entras_own_description(
+    make_client: Callable[..., Harness], env_info: EnvInfo, idp: IdpControl
+) -> None:
+    # A code no hint of ours knows: the OAuth error decides, and Entra's words are the hint.
+    t = env_info.tenant("contoso")
+    harness = make_client({"client_secret_file": t.secret_file})
+    idp.fail(
+        count=1,
+        status=400,
+        aadsts=7002138,
+        error="invalid_client",
+        description="No matching federated identity record found for presented assertion "
+        "subject. The subject matches with case-insensitive comparison.",
+        tenant=t.tenant_id,
+    )
+    error = harness.fails(TokenRejected)
+    assert error.code == 7002138
+    assert "invalid_client" in str(error)
+    assert error.hint.startswith("AADSTS7002138: No matching federated identity record")
+    assert "Trace ID" not in error.hint
+    assert error.description == error.hint
+
+
+@pytest.mark.parametrize(
+    ("status", "oauth_error"),
+    [(429, "invalid_client"), (400, "temporarily_unavailable"), (400, "server_error")],
+)
+def test_throttling_and_unavailable_answers_stay_transient_whatever_the_code(
+    make_client: Callable[..., Harness],
+    env_info: EnvInfo,
+    idp: IdpControl,
+    status: int,
+    oauth_error: str,
+) -> None:
+    t = env_info.tenant("contoso")
+    harness = make_client({"client_secret_file": t.secret_file})
+    idp.fail(count=1, status=status, aadsts=7000215, error=oauth_error, tenant=t.tenant_id)
+    harness.fails(TokenUnavailable)

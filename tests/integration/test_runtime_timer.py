@@ -110,7 +110,7 @@ def make_scheduler() -> Iterator[MakeScheduler]:
 def test_polls_of_one_mailbox_never_overlap_and_tenant_concurrency_is_bounded(
     make_scheduler: MakeScheduler,
 ) -> None:
-    lock = threading.Lock()
+    lock = threading.Condition()
     running: Counter[str] = Counter()
     peak_tenant = 0
     overlaps = 0
@@ -124,7 +124,11 @@ def test_polls_of_one_mailbox_never_overlap_and_tenant_concurrency_is_bounded(
             running[mailbox.address] += 1
             running[mailbox.tenant] += 1
             peak_tenant = max(peak_tenant, running[mailbox.tenant])
-        time.sleep(0.3)  # a poll that outlasts a third of its interval
+            lock.notify_all()
+            # The first polls last until the tenant's limit has been reached once (or a
+            # generous deadline, ten times their interval): the peak then depends on the
+            # limiter, not on how long a poll happens to take on a loaded machine.
+            lock.wait_for(lambda: peak_tenant >= 3, timeout=5)
         with lock:
             running[mailbox.address] -= 1
             running[mailbox.tenant] -= 1
@@ -172,11 +176,11 @@ def test_failures_back_off_auth_failures_park_and_success_recovers(
     wait_for(lambda: scheduler.states()["backoff"] == 0, timeout=20, what="recovery")
     sample = metrics.registry.get_sample_value
     wait_for(
-        lambda: sample("mailsyncd_mailboxes", {"state": "ok"}) == 2.0,
+        lambda: sample("mailsyncd_mailboxes", {"tenant": "contoso", "state": "ok"}) == 2.0,
         timeout=10,
         what="state gauge",
     )
-    assert sample("mailsyncd_mailboxes", {"state": "auth_failed"}) == 1.0
+    assert sample("mailsyncd_mailboxes", {"tenant": "contoso", "state": "auth_failed"}) == 1.0
     assert scheduler.alive()
 
 
@@ -184,17 +188,25 @@ def test_stop_waits_for_running_polls_and_is_idempotent(
     make_scheduler: MakeScheduler,
 ) -> None:
     started = threading.Event()
+    release = threading.Event()
     finished = threading.Event()
 
     def poll(mailbox: MailboxSettings) -> None:
         started.set()
-        time.sleep(0.5)
+        release.wait(30)  # runs until the test lets it finish
         finished.set()
 
     scheduler, _ = make_scheduler(_mailboxes(1, interval=1.0), poll)
     scheduler.start()
     assert started.wait(10)
-    assert scheduler.stop(timeout=5)
+    stopped: list[bool] = []
+    stopping = threading.Thread(target=lambda: stopped.append(scheduler.stop(timeout=20)))
+    stopping.start()
+    stopping.join(0.2)
+    assert stopping.is_alive(), "stop() returned while a poll was still running"
+    release.set()
+    stopping.join(30)
+    assert stopped == [True]
     assert finished.is_set()
     assert scheduler.stop(timeout=1)
     assert not scheduler.alive()

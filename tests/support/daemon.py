@@ -163,7 +163,7 @@ def count_rows(database_url: str, mailbox: str) -> int:
         with engine.connect() as connection:
             query = sa.text("SELECT count(*) FROM message_metadata WHERE mailbox = :m")
             return int(connection.execute(query, {"m": mailbox}).scalar_one())
-    except sa.exc.OperationalError:
+    except (sa.exc.OperationalError, sa.exc.ProgrammingError):  # no file, or no view yet
         return 0
     finally:
         engine.dispose()

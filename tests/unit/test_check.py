@@ -135,6 +135,21 @@ def test_scope_of_another_resource_fails_even_when_the_audience_matches_it() -> 
     )
 
 
+@pytest.mark.parametrize("audience", ["https://outlook.office.com", diagnose.EXCHANGE_APP_ID])
+def test_outlook_office_com_scope_against_outlook_office365_com_passes_with_a_warning(
+    audience: str,
+) -> None:
+    # Microsoft Learn's IMAP OAuth examples use https://outlook.office.com scopes with
+    # outlook.office365.com: nothing documented says the host refuses that audience.
+    tenant = make_tenant(scope="https://outlook.office.com/.default")
+    finding = diagnose.check_audience(make_claims(audiences=(audience,)), tenant, KEY)
+    assert finding.status == "pass"
+    warning = str(finding.data["warning"])
+    assert "https://outlook.office365.com/.default" in warning
+    assert "tenants[0].scope" in warning
+    assert f"warning: {warning}" in finding.detail
+
+
 def test_missing_role_fails_with_consent_steps_for_this_application() -> None:
     finding = diagnose.check_roles(make_claims(roles=("Mail.Read",)), make_tenant())
     assert finding.status == "fail"
@@ -172,7 +187,9 @@ def test_refused_login_with_good_claims_names_service_principal_and_grant_with_v
     assert f"Add-MailboxPermission -Identity {MAILBOX} -User {OID} -AccessRights FullAccess" in (
         finding.fix
     )
-    assert f"Connect-ExchangeOnline -Organization {TENANT_ID}" in finding.fix
+    assert f"signed in to tenant {TENANT_ID} as an Exchange administrator" in finding.fix
+    assert "Connect-ExchangeOnline -UserPrincipalName" in finding.fix
+    assert "-Organization" not in finding.fix  # that is for app-only connections
 
 
 def test_refused_login_after_another_mailbox_logged_in_blames_only_the_grant() -> None:
@@ -224,6 +241,16 @@ def test_authenticated_but_not_connected_is_the_mailbox_grant() -> None:
     assert f"az ad sp show --id {CLIENT_ID} --query id -o tsv" in finding.fix
 
 
+def test_mailbox_refused_after_login_is_the_grant_not_an_unknown_error() -> None:
+    # Exchange answers the command after AUTHENTICATE; where that is EXAMINE, the same fix.
+    hint = f"Add-MailboxPermission -Identity {MAILBOX} -User {OID} -AccessRights FullAccess"
+    error = MailboxAccessDenied("IMAP examine: token accepted, mailbox refused", hint=hint)
+    finding = diagnose.diagnose_session_error(error, tenant=make_tenant(), what="EXAMINE")
+    assert "does not know" not in (finding.cause or "")
+    assert "no FullAccess" in (finding.cause or "")
+    assert finding.fix == hint
+
+
 @pytest.mark.parametrize(
     ("error", "expected"),
     [
@@ -271,6 +298,42 @@ def test_aadsts_codes_get_their_hint_and_command(code: int, fragments: list[str]
     assert finding.data["aadsts"] == code
     for fragment in fragments:
         assert fragment in (finding.fix or "")
+
+
+def test_no_service_principal_names_sp_create_and_admin_consent_with_the_client_id() -> None:
+    finding = diagnose.diagnose_token_error(
+        TokenRejected("refused", code=7000229), tenant=make_tenant(), key=KEY
+    )
+    assert "no service principal" in (finding.cause or "")
+    assert f"az ad sp create --id {CLIENT_ID}" in (finding.fix or "")
+    assert "admin consent" in (finding.fix or "")
+    assert f"adminconsent?client_id={CLIENT_ID}" in (finding.fix or "")
+
+
+@pytest.mark.parametrize(
+    ("code", "what"), [(700211, "issuer"), (700212, "audience"), (700213, "subject")]
+)
+def test_federated_mismatch_codes_are_named_and_keep_the_adapters_hint(
+    code: int, what: str
+) -> None:
+    hint = "no federated credential matches: the projected token presents iss X, sub Y"
+    tenant = make_tenant(credential={"federated_token_file": "/var/run/token"})
+    error = TokenRejected("refused", code=code, hint=hint)
+    finding = diagnose.diagnose_token_error(error, tenant=tenant, key=KEY)
+    assert f"federated credential {what} does not match" in (finding.cause or "")
+    assert finding.fix == hint
+
+
+def test_code_without_a_hint_shows_entras_description_and_the_code_page() -> None:
+    text = "AADSTS7002138: No matching federated identity record found for presented assertion."
+    error = TokenRejected("refused", code=7002138, hint=text, description=text)
+    finding = diagnose.diagnose_token_error(error, tenant=make_tenant(), key=KEY)
+    assert finding.cause == (
+        "the identity platform refused the token request: AADSTS7002138 (No matching "
+        "federated identity record found for presented assertion.)"
+    )
+    assert finding.detail.count("AADSTS7002138") == 1
+    assert "https://login.microsoftonline.com/error?code=7002138" in (finding.fix or "")
 
 
 def test_adapter_hint_is_kept_and_a_guid_secret_is_called_out() -> None:

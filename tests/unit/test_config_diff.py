@@ -18,6 +18,7 @@ from daemon.config import (
     config_from_mapping,
     diff,
 )
+from localenv import pki
 
 SECRET = "s3cr3t~Value.0123456789abcdefghijklmnop"
 ENVIRON = {"NORTHWIND_SECRET": SECRET, "DATABASE_URL": "sqlite:///from-env.db"}
@@ -66,8 +67,11 @@ def base_document() -> dict[str, Any]:
 def base_dir(tmp_path: Path) -> Path:
     secrets = tmp_path / "secrets"
     secrets.mkdir()
-    for name in ("contoso", "contoso-2", "key.pem", "cert.pem", "ca.pem"):
+    for name in ("contoso", "contoso-2", "key.pem", "cert.pem"):
         (secrets / name).write_text("x\n")
+    # tls.ca_file is loaded while validating: it must hold a real CA certificate
+    ca = pki.CertificateAuthority.create("config diff test CA")
+    (secrets / "ca.pem").write_bytes(pki.cert_pem(ca.cert))
     return tmp_path
 
 

@@ -38,6 +38,7 @@ SPEC_FIELDS = [
     "last_error",
     "hint",
     "initial_sync_remaining",
+    "idle",  # an extension: SPEC "Push"
 ]
 
 

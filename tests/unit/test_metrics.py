@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
 from daemon.errors import REASONS
+from daemon.http import render_text
 from daemon.metrics import CHANGES, MAILBOX_STATES, OUTCOMES, Metrics
 
 TENANTS = ("contoso", "fabrikam")
@@ -26,8 +27,9 @@ SPEC_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "mailsyncd_token_requests_total": ("counter", ("tenant", "outcome")),
     "mailsyncd_token_expiry_timestamp_seconds": ("gauge", ("tenant",)),
     "mailsyncd_imap_logins_total": ("counter", ("tenant", "outcome")),
-    "mailsyncd_mailboxes": ("gauge", ("state",)),
-    "mailsyncd_oldest_successful_poll_timestamp_seconds": ("gauge", ()),
+    # tenant: bounded by the configuration, so that alerts can name it (issue 14)
+    "mailsyncd_mailboxes": ("gauge", ("tenant", "state")),
+    "mailsyncd_oldest_successful_poll_timestamp_seconds": ("gauge", ("tenant",)),
     "mailsyncd_db_write_duration_seconds": ("histogram", ()),
     "mailsyncd_build_info": ("gauge", ("version",)),
     "mailsyncd_imap_sessions_open": ("gauge", ("tenant",)),
@@ -39,7 +41,6 @@ SPEC_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
 EXTRA_GAUGES = (
     "mailsyncd_polls_in_flight",
     "mailsyncd_mailboxes_configured",
-    "mailsyncd_config_loaded",
     "mailsyncd_folders_missing",
 )
 
@@ -123,11 +124,14 @@ def test_every_known_label_combination_starts_at_zero_for_each_tenant(
             assert _value(registry, f"{histogram}_sum", tenant=tenant) == 0.0
         assert _value(registry, "mailsyncd_token_expiry_timestamp_seconds", tenant=tenant) == 0.0
         assert _value(registry, "mailsyncd_imap_sessions_open", tenant=tenant) == 0.0
-    for state in MAILBOX_STATES:
-        assert _value(registry, "mailsyncd_mailboxes", state=state) == 0.0
+        for state in MAILBOX_STATES:
+            assert _value(registry, "mailsyncd_mailboxes", tenant=tenant, state=state) == 0.0
+        assert (
+            _value(registry, "mailsyncd_oldest_successful_poll_timestamp_seconds", tenant=tenant)
+            == 0.0
+        )
     assert _value(registry, "mailsyncd_schedule_delay_seconds_count") == 0.0
     assert _value(registry, "mailsyncd_db_write_duration_seconds_count") == 0.0
-    assert _value(registry, "mailsyncd_oldest_successful_poll_timestamp_seconds") == 0.0
     assert _value(registry, "mailsyncd_build_info", version="1.2.3") == 1.0
 
 
@@ -318,18 +322,55 @@ def test_messages_synced_counts_each_change_kind(
         metrics.messages_synced("fabrikam", new=-1, updated=0, deleted=0)
 
 
-def test_mailbox_states_are_set_together_and_an_absent_state_returns_to_zero(
+def test_mailbox_states_are_set_per_tenant_together_and_an_absent_pair_returns_to_zero(
     make_metrics: Callable[..., tuple[Metrics, CollectorRegistry]],
 ) -> None:
     metrics, registry = make_metrics()
 
-    metrics.set_mailbox_states({"ok": 9, "backoff": 1})
-    metrics.set_mailbox_states({"ok": 7, "auth_failed": 3})
+    metrics.set_mailbox_states({("contoso", "ok"): 9, ("fabrikam", "backoff"): 1})
+    metrics.set_mailbox_states({("contoso", "ok"): 7, ("contoso", "auth_failed"): 3})
 
-    states = {s: _value(registry, "mailsyncd_mailboxes", state=s) for s in MAILBOX_STATES}
-    assert states == {"ok": 7.0, "backoff": 0.0, "auth_failed": 3.0, "disabled": 0.0}
+    def states(tenant: str) -> dict[str, float | None]:
+        return {
+            s: _value(registry, "mailsyncd_mailboxes", tenant=tenant, state=s)
+            for s in MAILBOX_STATES
+        }
+
+    assert states("contoso") == {"ok": 7.0, "backoff": 0.0, "auth_failed": 3.0, "disabled": 0.0}
+    assert states("fabrikam") == {"ok": 0.0, "backoff": 0.0, "auth_failed": 0.0, "disabled": 0.0}
     with pytest.raises(ValueError, match="unknown mailbox states"):
-        metrics.set_mailbox_states({"sleeping": 1})
+        metrics.set_mailbox_states({("contoso", "sleeping"): 1})
+
+
+def test_oldest_success_is_per_tenant_and_a_tenant_without_mailboxes_returns_to_zero(
+    make_metrics: Callable[..., tuple[Metrics, CollectorRegistry]],
+) -> None:
+    metrics, registry = make_metrics()
+
+    def oldest(tenant: str) -> float | None:
+        return _value(registry, "mailsyncd_oldest_successful_poll_timestamp_seconds", tenant=tenant)
+
+    metrics.set_oldest_success({"contoso": 1_600_000_000.0, "fabrikam": 1_700_000_000.0})
+    assert (oldest("contoso"), oldest("fabrikam")) == (1.6e9, 1.7e9)
+    metrics.set_oldest_success({"fabrikam": 1_700_000_100.0})
+    assert (oldest("contoso"), oldest("fabrikam")) == (0.0, 1_700_000_100.0)
+
+
+def test_the_platform_collector_is_registered_and_no_created_series_is_served(
+    make_metrics: Callable[..., tuple[Metrics, CollectorRegistry]],
+) -> None:
+    metrics, registry = make_metrics()
+    metrics.poll_finished("contoso", "success", 0.1)
+
+    assert _value(registry, "python_info", **_python_info_labels(registry)) == 1.0
+    text = render_text(registry).decode()
+    assert "mailsyncd_polls_total{" in text
+    assert "_created" not in text
+
+
+def _python_info_labels(registry: CollectorRegistry) -> dict[str, str]:
+    [family] = [f for f in registry.collect() if f.name == "python_info"]
+    return dict(family.samples[0].labels)
 
 
 def test_negative_durations_from_clock_skew_are_recorded_as_zero(
@@ -364,8 +405,6 @@ def test_gauges_record_what_they_are_given(
     metrics, registry = make_metrics()
 
     metrics.token_expiry("contoso", 1_700_000_000.0)
-    metrics.set_oldest_success(1_600_000_000.0)
-    metrics.set_config_loaded(True)
     metrics.set_folders_missing(2)
     metrics.set_mailboxes_configured({"contoso": 10})
 
@@ -373,14 +412,18 @@ def test_gauges_record_what_they_are_given(
         _value(registry, "mailsyncd_token_expiry_timestamp_seconds", tenant="contoso")
         == 1_700_000_000.0
     )
-    assert _value(registry, "mailsyncd_oldest_successful_poll_timestamp_seconds") == 1.6e9
-    assert _value(registry, "mailsyncd_config_loaded") == 1.0
     assert _value(registry, "mailsyncd_folders_missing") == 2.0
     assert _value(registry, "mailsyncd_mailboxes_configured", tenant="contoso") == 10.0
     assert _value(registry, "mailsyncd_mailboxes_configured", tenant="fabrikam") == 0.0
 
-    metrics.set_oldest_success(None)
-    assert _value(registry, "mailsyncd_oldest_successful_poll_timestamp_seconds") == 0.0
+
+def test_config_loaded_is_gone_in_favour_of_the_reload_gauges(
+    make_metrics: Callable[..., tuple[Metrics, CollectorRegistry]],
+) -> None:
+    metrics, registry = make_metrics()
+
+    assert "mailsyncd_config_loaded" not in _families(registry)
+    assert not hasattr(metrics, "set_config_loaded")
 
 
 def test_a_tenant_added_by_a_reload_is_exported_at_zero_like_the_others(
@@ -395,6 +438,11 @@ def test_a_tenant_added_by_a_reload_is_exported_at_zero_like_the_others(
             _value(registry, "mailsyncd_poll_failures_total", tenant="tailspin", reason=reason) == 0
         )
     assert _value(registry, "mailsyncd_imap_sessions_open", tenant="tailspin") == 0
+    assert _value(registry, "mailsyncd_mailboxes", tenant="tailspin", state="ok") == 0
+    assert (
+        _value(registry, "mailsyncd_oldest_successful_poll_timestamp_seconds", tenant="tailspin")
+        == 0
+    )
 
 
 def test_a_rejected_reload_sets_the_gauge_to_0_and_keeps_the_last_success_time(

@@ -276,7 +276,8 @@ def test_auth_failures_park_the_mailbox_and_the_rest_keep_polling(parts: Parts) 
     assert poller.polled.count("a@x") == 1  # auth_failed retries after minutes
     assert poller.polled.count("b@x") == 5
     timer.periodic["__housekeeping__"]()
-    assert metrics.registry.get_sample_value("mailsyncd_mailboxes", {"state": "auth_failed"}) == 1
+    auth_failed = {"tenant": "contoso", "state": "auth_failed"}
+    assert metrics.registry.get_sample_value("mailsyncd_mailboxes", auth_failed) == 1
     owned = metrics.registry.get_sample_value
     assert owned("mailsyncd_mailboxes_owned", {"tenant": "contoso"}) == 1
     assert owned("mailsyncd_mailboxes_owned", {"tenant": "fabrikam"}) == 1
@@ -383,6 +384,21 @@ def test_statuses_are_saved_in_batches_of_what_changed_with_errors_hints_and_pro
     assert [s.mailbox for s in runtime.statuses()] == ["a@x"]
 
 
+def test_a_mailbox_handed_to_another_replica_stops_without_a_removed_status(
+    parts: Parts,
+) -> None:
+    runtime, _, _, poller, _ = parts
+    saved: list[list[MailboxStatus]] = runtime.saved  # type: ignore[attr-defined]
+    runtime.start([box("a@x"), box("b@x")])
+    runtime.save_statuses()
+    result = runtime.reconcile([box("a@x")], handed_over=["b@x"])
+    assert result.removed == ("b@x",)
+    assert "b@x" in poller.forgotten
+    runtime.save_statuses()
+    assert len(saved) == 1  # its new owner reports on it, not this replica
+    assert [s.mailbox for s in runtime.statuses()] == ["a@x"]
+
+
 def test_statuses_that_could_not_be_saved_are_saved_with_the_next_batch(parts: Parts) -> None:
     from daemon.errors import DatabaseError
 
@@ -404,3 +420,48 @@ def test_statuses_that_could_not_be_saved_are_saved_with_the_next_batch(parts: P
     assert saved == []
     runtime.save_statuses()
     assert [(s.mailbox, s.state) for s in saved[-1]] == [("a@x", "removed")]
+
+
+def test_news_from_idle_polls_the_mailbox_now_and_the_interval_goes_on_from_there(
+    parts: Parts,
+) -> None:
+    runtime, timer, clock, _, metrics = parts
+    runtime.start([box("a@x", interval=120.0), box("b@x", interval=120.0)])
+    clock.now += 60
+    timer.run_due()  # first polls
+    runtime.set_idle("a@x", True)
+    clock.now += 10
+    runtime.push("a@x")
+    assert timer.run_due() == ["a@x"]
+    assert timer.armed["a@x"][0] == clock.now + 120.0
+    runtime.save_statuses()
+    saved: list[list[MailboxStatus]] = runtime.saved  # type: ignore[attr-defined]
+    assert {s.mailbox: s.idle for s in saved[-1]}["a@x"] is True
+    runtime._housekeeping()
+    assert metrics.registry.get_sample_value("mailsyncd_idle_sessions", {"tenant": "contoso"}) == 1
+
+
+def test_news_during_a_poll_polls_once_more_when_it_ends(parts: Parts) -> None:
+    runtime, timer, clock, poller, _ = parts
+    runtime.start([box("a@x", interval=120.0)])
+
+    def news_meanwhile(mailbox: MailboxSettings, _stop: Callable[[], bool]) -> None:
+        if len(poller.polled) == 1:
+            runtime.push(mailbox.address)
+
+    poller.during = news_meanwhile
+    clock.now += 60
+    timer.run_due()
+    assert poller.polled == ["a@x", "a@x"]  # the second at once, after the first
+    assert timer.armed["a@x"][0] == clock.now + 120.0
+
+
+def test_news_does_not_cut_a_backoff_short(parts: Parts) -> None:
+    runtime, timer, clock, poller, _ = parts
+    runtime.start([box("a@x", interval=120.0)])
+    poller.fail["a@x"] = ImapConnectionError("reset")
+    clock.now += 60
+    timer.run_due()
+    due = timer.armed["a@x"][0]
+    runtime.push("a@x")
+    assert timer.armed["a@x"][0] == due

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pytest
 
@@ -46,6 +47,26 @@ class FakeSession:
 
     def logout(self) -> None:
         self.logged_out = True
+
+    idling = False
+    idle_ends = 0
+
+    def start_idle(self, folder: str) -> str:
+        self.idling = True
+        return "idling"
+
+    def end_idle(self) -> None:
+        self.idling = False
+        self.idle_ends += 1
+        if self.dead:
+            raise ImapConnectionError("EOF (server said BYE)")
+        self.completed += 1
+
+    def idle_news(self) -> bool:
+        return True
+
+    def socket(self) -> Any:
+        raise NotImplementedError
 
     # MailboxClient port (unused here)
     @property

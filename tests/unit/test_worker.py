@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -13,6 +14,7 @@ from daemon.errors import DatabaseError, ImapConnectionError, MailsyncError
 from daemon.imap.pool import SessionPool
 from daemon.logging import get_logger
 from daemon.metrics import Metrics
+from daemon.runtime.push import Push
 from daemon.runtime.worker import MailboxWorker
 from daemon.sync.algorithm import ServerFolder
 from daemon.sync.model import FolderState, MessageRecord
@@ -50,6 +52,26 @@ class FakeSession(FakeClient):
 
     def logout(self) -> None:
         self.logged_out = True
+
+    idling = False
+    idle_answer = "idling"
+    idle_folders: list[str]
+
+    def start_idle(self, folder: str) -> str:
+        self.idle_folders = [*getattr(self, "idle_folders", []), folder]
+        self._command()
+        self.idling = self.idle_answer == "idling"
+        return self.idle_answer
+
+    def end_idle(self) -> None:
+        self.idling = False
+        self._command()
+
+    def idle_news(self) -> bool:
+        return True
+
+    def socket(self) -> Any:
+        raise NotImplementedError
 
     def examine(self, folder: str) -> ServerFolder:
         self._command()
@@ -102,8 +124,23 @@ class Clock:
         return self.now
 
 
-class Rig:
+class FakeHub:
+    """Stands for IdleHub: records the sessions handed to it."""
+
     def __init__(self) -> None:
+        self.watched: dict[str, tuple[FakeSession, float]] = {}
+        self.released: list[str] = []
+
+    def watch(self, address: str, tenant: str, session: FakeSession, due: float) -> None:
+        self.watched[address] = (session, due)
+
+    def unwatch(self, address: str) -> bool:
+        self.released.append(address)
+        return self.watched.pop(address, None) is not None
+
+
+class Rig:
+    def __init__(self, *, idle: bool = False) -> None:
         self.server = FakeServer()
         self.server.append("INBOX", 5)
         self.store = Store()
@@ -112,6 +149,9 @@ class Rig:
         self.sessions: list[FakeSession] = []
         self.on_fetch: list[Callable[[], None]] = []
         self.metrics = Metrics(CollectorRegistry(), ["contoso"])
+        self.hub = FakeHub()
+        self.idle: dict[str, bool] = {}
+        self.woken: list[str] = []
         self.pool = SessionPool(
             connect=self.connect,
             max_open=100,
@@ -119,6 +159,15 @@ class Rig:
             rng=_Low(),
             log=get_logger("test"),
             on_login=self.metrics.imap_login,
+            on_release=self.hub.unwatch,
+        )
+        self.push = Push(
+            self.hub,  # type: ignore[arg-type]
+            renew=1500.0,
+            log=get_logger("test"),
+            on_idle=self.idle.__setitem__,
+            wake=self.woken.append,
+            clock=self.clock,
         )
         self.worker = MailboxWorker(
             store=self.store,
@@ -128,6 +177,7 @@ class Rig:
             log=get_logger("test"),
             batch_size=2,
             clock=self.clock,
+            push=self.push,
         )
         self.mailbox = MailboxSettings(
             address="a@contoso.test",
@@ -136,10 +186,14 @@ class Rig:
             poll_interval=60,
             full_scan_interval=900,
             backfill_days=None,
+            idle=idle,
         )
+
+    connect_answer = "idling"
 
     def connect(self, tenant: str) -> FakeSession:
         session = FakeSession(self.server)
+        session.idle_answer = self.connect_answer
         session.on_fetch.extend(self.on_fetch)
         self.sessions.append(session)
         return session
@@ -232,3 +286,72 @@ def test_a_long_poll_moves_to_a_new_session_when_its_token_ends_and_loses_nothin
     assert rig.sample("mailsyncd_polls_total", tenant="contoso", outcome="success") == 1
     assert rig.sample("mailsyncd_polls_total", tenant="contoso", outcome="failure") == 0
     assert rig.tokens.reported == []
+
+
+def test_an_idle_mailbox_waits_in_idle_after_its_poll_and_the_next_poll_ends_it() -> None:
+    rig = Rig(idle=True)
+    rig.poll()
+    session, due = rig.hub.watched[rig.mailbox.address]
+    assert session is rig.sessions[0]
+    assert session.idling
+    assert session.idle_folders == ["INBOX"]
+    assert due == rig.clock.now + 1500.0  # the renewal comes before the token's end
+    assert rig.idle == {rig.mailbox.address: True}
+    rig.server.append("INBOX", 2)
+    rig.poll()  # woken: the pool takes it back from the hub and ends the IDLE first
+    assert rig.hub.released[0] == rig.mailbox.address
+    assert len(rig.sessions) == 1
+    assert len(rig.store.live(1)) == 7
+    assert rig.hub.watched[rig.mailbox.address][0].idling  # and in IDLE again
+    assert rig.sample("mailsyncd_polls_total", tenant="contoso", outcome="failure") == 0
+
+
+def test_idle_ends_before_the_session_must_move_to_a_newer_token() -> None:
+    rig = Rig(idle=True)
+    rig.clock.now += 3600 - 600  # ten minutes of the token left
+    rig.poll()
+    _, due = rig.hub.watched[rig.mailbox.address]
+    token = rig.tokens.current
+    assert rig.clock.now < due < token.expires_at
+    assert due < rig.clock.now + 1500.0
+
+
+def test_a_server_without_idle_is_polled_and_says_so_once() -> None:
+    rig = Rig(idle=True)
+    rig.connect_answer = "unsupported"
+    rig.poll()
+    rig.poll()
+    assert rig.hub.watched == {}
+    assert rig.idle == {rig.mailbox.address: False}
+    assert len(rig.sessions) == 1  # the session is kept for polling
+
+
+def test_news_that_came_as_idle_started_asks_for_another_poll_at_once() -> None:
+    rig = Rig(idle=True)
+    rig.connect_answer = "changed"
+    rig.poll()
+    assert rig.woken == [rig.mailbox.address]
+    assert rig.hub.watched == {}
+
+
+def test_a_session_whose_idle_the_server_ended_is_replaced_without_a_failed_poll() -> None:
+    rig = Rig(idle=True)
+    rig.poll()
+    rig.sessions[0].fail_next = ImapConnectionError("EOF (server said BYE)")  # on DONE
+    rig.server.append("INBOX", 1)
+    rig.poll()
+    assert len(rig.sessions) == 2
+    assert rig.sessions[0].logged_out
+    assert len(rig.store.live(1)) == 6
+    assert rig.sample("mailsyncd_polls_total", tenant="contoso", outcome="failure") == 0
+    assert rig.idle == {rig.mailbox.address: True}
+
+
+def test_a_failed_poll_is_not_in_idle() -> None:
+    rig = Rig(idle=True)
+    rig.poll()
+    rig.store.fail_reads = DatabaseError("database unreachable")
+    rig.server.append("INBOX", 1)
+    with pytest.raises(DatabaseError):
+        rig.poll()
+    assert rig.idle == {rig.mailbox.address: False}

@@ -34,8 +34,13 @@ class IdpControl:
         delay: float = 0.0,
         retry_after: int | None = None,
         tenant: str | None = None,
+        error: str | None = None,
+        description: str | None = None,
     ) -> None:
-        """Fail the next ``count`` token requests, or all of them for ``seconds``."""
+        """Fail the next ``count`` token requests, or all of them for ``seconds``.
+
+        ``aadsts`` answers like Entra with that code; ``error`` and ``description`` replace the
+        code's OAuth error and text (any code, also one the platform does not know)."""
         self._call(
             "POST",
             "fail",
@@ -47,6 +52,8 @@ class IdpControl:
                 "delay": delay,
                 "retry_after": retry_after,
                 "tenant": tenant,
+                "error": error,
+                "description": description,
             },
         )
 

@@ -66,6 +66,9 @@ class EnvInfo:
     federated_key_file: str
     tenants: list[TenantInfo]
     pids: dict[str, int] = field(default_factory=dict)
+    # Dovecot's configuration, keys, sockets and mail (dovecot.make_runtime_dir): removed by
+    # stop(), also when another process stops the environment.
+    dovecot_dir: str = ""
 
     @property
     def authority_host(self) -> str:
@@ -213,24 +216,23 @@ class LocalEnv:
         """
         root = root.resolve()
         root.mkdir(parents=True, exist_ok=True)
-        # Dovecot's auth and mail processes run as other users and must reach these files.
-        root.chmod(0o755)
-        for parent in root.parents:
-            if parent.stat().st_mode & 0o001 == 0:
-                raise RuntimeError(
-                    f"{parent} is not searchable by other users, so Dovecot could not read its "
-                    f"files under {root}: choose a directory elsewhere (e.g. under /tmp)"
-                )
-        env = cls(
-            cls._prepare(
+        # What Dovecot's unprivileged processes read lives in a runtime directory of its own,
+        # so the environment's directory may be anywhere, also where no other user can search.
+        runtime = dovecot.make_runtime_dir()
+        try:
+            info = cls._prepare(
                 root,
+                runtime,
                 names=tenants,
                 token_lifetime=token_lifetime,
                 fixed_ids=fixed_ids or {},
                 imap_port=imap_port,
                 idp_port=idp_port,
             )
-        )
+        except BaseException:
+            dovecot.remove_runtime_dir(runtime)
+            raise
+        env = cls(info)
         try:
             env._launch()
         except BaseException:
@@ -268,6 +270,9 @@ class LocalEnv:
             else:
                 stop_pid(pid)
             del self.info.pids[name]
+        if self.info.dovecot_dir:
+            dovecot.remove_runtime_dir(Path(self.info.dovecot_dir))
+            self.info.dovecot_dir = ""
         if self._remove_on_stop:
             shutil.rmtree(self.root, ignore_errors=True)
         else:
@@ -283,6 +288,7 @@ class LocalEnv:
     @staticmethod
     def _prepare(
         root: Path,
+        runtime: Path,
         *,
         names: tuple[str, ...],
         token_lifetime: float,
@@ -341,6 +347,7 @@ class LocalEnv:
             kid=kid,
             federated_key_file=str(root / "idp" / "federated-issuer.key"),
             tenants=tenants,
+            dovecot_dir=str(runtime),
         )
         env = LocalEnv(info)
         for tenant in tenants:
@@ -379,6 +386,7 @@ class LocalEnv:
         pki.write_private(idp_file, json.dumps(idp_config, indent=2).encode())
         dovecot.write_config(
             root,
+            runtime,
             port=info.imap_port,
             cert_file=tls / "server.crt",
             key_file=tls / "server.key",
@@ -422,7 +430,7 @@ class LocalEnv:
                 str(port_file),
             ],
         )
-        conf = self.root / "dovecot" / "dovecot.conf"
+        conf = Path(self.info.dovecot_dir) / "dovecot.conf"
         self._spawn("dovecot", dovecot.command(conf))
         while not port_file.exists():
             if idp.poll() is not None:

@@ -7,7 +7,8 @@ Exchange Online where the two differ (facts from the team's exchange-online.md n
   in ``AUTHENTICATE XOAUTH2`` (no signature check: Dovecot verifies it) and, once logged in and
   past ``exp + expiry_grace``, answers the next command with that BYE instead of forwarding it
   and also ends idle sessions (checked every ``TICK``; ``expire_idle=False`` turns that off).
-- **Capabilities**: Exchange has no CONDSTORE, QRESYNC or ENABLE, and MOVE only after login.
+- **Capabilities**: Exchange has no CONDSTORE, QRESYNC or ENABLE, and MOVE only after login
+  (``idle=False`` also leaves out IDLE, for a server without push).
   Every ``* CAPABILITY`` line and ``[CAPABILITY ...]`` code becomes Exchange's list; ``ENABLE``
   gets Exchange's generic ``BAD Command Argument Error. 11`` and is not forwarded.
 - **Missing FullAccess grant** (``deny_mailbox``): AUTHENTICATE succeeds, the next command gets
@@ -154,8 +155,16 @@ class ExchangeProxy:
     """``ExchangeProxy(env_info).start()``; listens with TLS on ``127.0.0.1:proxy.port``."""
 
     def __init__(
-        self, info: EnvInfo, *, expiry_grace: float = 0.0, expire_idle: bool = True, port: int = 0
+        self,
+        info: EnvInfo,
+        *,
+        expiry_grace: float = 0.0,
+        expire_idle: bool = True,
+        port: int = 0,
+        idle: bool = True,
     ) -> None:
+        """``idle=False`` leaves IDLE out of the capabilities (a server without push)."""
+        self.idle = idle
         self.expiry_grace = expiry_grace
         self.expire_idle = expire_idle
         tls = Path(info.dir) / "tls"
@@ -177,6 +186,7 @@ class ExchangeProxy:
         self._denied: set[str] = set()
         self._throttle = (0, 0)
         self._counts = {"logins": 0, "expired": 0, "accepted": 0}
+        self._logins_of: dict[str, int] = {}  # by lower-case XOAUTH2 user
         self._stalled = False
         self._expiries: list[tuple[float, int, _Conn]] = []  # heap of (exp, sequence, conn)
         self._sequence = itertools.count()
@@ -239,6 +249,20 @@ class ExchangeProxy:
         """Reset the connections without a command in flight (a drop between polls)."""
         return self._call(lambda: self._drop(_Conn.idle))
 
+    def expire_all(self) -> int:
+        """End every logged-in session now with Exchange's ``AccessTokenExpired`` BYE, as if
+        each one's token had run out (during IDLE too). Returns the number ended."""
+
+        def expire() -> int:
+            ended = 0
+            for conn in list(self._conns):
+                if conn.logged_in and not conn.closed and not conn.finishing:
+                    self._expire(conn)
+                    ended += 1
+            return ended
+
+        return int(self._call(expire))
+
     def _drop(self, which: Callable[[_Conn], bool]) -> int:
         dropped = 0
         for conn in list(self._conns):
@@ -252,6 +276,11 @@ class ExchangeProxy:
     expired_sessions = property(lambda self: self._count("expired"), doc="AccessTokenExpired")
     connections = property(lambda self: self._count("accepted"), doc="accepted in total")
     open_connections = property(lambda self: self._count("open"), doc="open now")
+
+    def logins_of(self, address: str) -> int:
+        """Tagged OKs to AUTHENTICATE XOAUTH2 as ``address`` (case does not matter)."""
+        with self._lock:
+            return self._logins_of.get(address.lower(), 0)
 
     def _count(self, name: str) -> int:
         with self._lock:
@@ -573,8 +602,13 @@ class ExchangeProxy:
                     heapq.heappush(self._expiries, (conn.exp, next(self._sequence), conn))
                 if mechanism:  # AUTHENTICATE, not LOGIN
                     self._add("logins")
+                    with self._lock:
+                        user = (conn.user or "").lower()
+                        self._logins_of[user] = self._logins_of.get(user, 0) + 1
         # While AUTHENTICATE runs, Dovecot reports the capabilities after login.
         caps = POST_LOGIN_CAPS if conn.logged_in or conn.auth_tag else PRE_LOGIN_CAPS
+        if not self.idle:
+            caps = caps.replace(b" IDLE", b"")
         if UNTAGGED_CAPS.match(line):
             return b"* CAPABILITY " + caps + b"\r\n"
         return STATUS_CAPS.sub(lambda m: m[1] + b" " + caps + b"]", line, count=1)

@@ -6,7 +6,12 @@ Serves, per tenant (GUID or one of its domains):
   POST /<tenant>/oauth2/v2.0/token                        client credentials: secret,
                                                           certificate assertion, federated assertion
 Errors are shaped like Entra's, with AADSTS codes. Test controls live under /_control/ (see
-``Controls`` below and ``localenv.client.IdpControl``). Run as
+``Controls`` below and ``localenv.client.IdpControl``). A registered client's settings make the
+platform refuse it the way Entra does: ``"disabled": true`` (AADSTS7000112),
+``"service_principal": false`` (no service principal in the tenant, AADSTS7000229), and
+``"federated_detail": true`` (a federated assertion that matches no record gets Entra's current
+codes AADSTS700211 / 700212 / 700213 for issuer / audience / subject instead of the older
+generic AADSTS70021). Run as
 ``python -m localenv.idp --config idp.json --port-file idp.port``.
 """
 
@@ -119,6 +124,42 @@ AADSTS_MESSAGES: dict[int, tuple[int, str, str]] = {
         "The resource principal named {detail} was not found in the tenant named {tenant}.",
     ),
     7000112: (401, "unauthorized_client", "Application '{client_id}' is disabled."),
+    # Wording of the next four as Entra answers (public issue threads, see the team's notes).
+    7000229: (
+        400,
+        "invalid_client",
+        (
+            "The client application {client_id} is missing service principal in the tenant "
+            "{tenant}. See instructions here: https://go.microsoft.com/fwlink/?linkid=2225119"
+        ),
+    ),
+    700211: (
+        400,
+        "invalid_client",
+        (
+            "No matching federated identity record found for presented assertion issuer "
+            "'{detail}'. Please check your federated identity credential Subject, Audience and "
+            "Issuer against the presented assertion."
+        ),
+    ),
+    700212: (
+        400,
+        "invalid_client",
+        (
+            "No matching federated identity record found for presented assertion audience "
+            "'{detail}'. Please check your federated identity credential Subject, Audience and "
+            "Issuer against the presented assertion."
+        ),
+    ),
+    700213: (
+        400,
+        "invalid_client",
+        (
+            "No matching federated identity record found for presented assertion subject "
+            "'{detail}'. Check your federated identity credential Subject, Audience and Issuer "
+            "against the presented assertion."
+        ),
+    ),
     70003: (400, "unsupported_grant_type", "The app requested an unsupported grant type."),
     90055: (429, "temporarily_unavailable", "The tenant is throttled."),
     53003: (400, "access_denied", "Access has been blocked by Conditional Access policies."),
@@ -130,11 +171,11 @@ def _b64url_sha1(der: bytes) -> str:
 
 
 class TokenError(Exception):
-    """An Entra error answer."""
+    """An Entra error answer (a code not in AADSTS_MESSAGES: ``invalid_client``, no text)."""
 
     def __init__(self, code: int, *, tenant: str, client_id: str = "", detail: str = "") -> None:
         self.code = code
-        status, error, text = AADSTS_MESSAGES[code]
+        status, error, text = AADSTS_MESSAGES.get(code, (400, "invalid_client", "{detail}"))
         self.status = status
         self.error = error
         self.description = f"AADSTS{code}: " + text.format(
@@ -154,6 +195,8 @@ class Failure:
     delay: float = 0.0
     retry_after: int | None = None
     tenant: str | None = None
+    error: str | None = None  # the OAuth error of the answer (default: the code's own)
+    description: str | None = None  # the text after "AADSTS<code>: " (default: the code's own)
 
     def active(self, now: float) -> bool:
         if self.count is not None and self.count <= 0:
@@ -332,8 +375,17 @@ class Handler(BaseHTTPRequestHandler):
             entry.update(status=failure.status, injected=True, error_code=failure.aadsts)
             self._log(entry)
             if failure.aadsts is not None:
-                err = TokenError(failure.aadsts, tenant=tenant_name, client_id=client_id)
+                err = TokenError(
+                    failure.aadsts,
+                    tenant=tenant_name,
+                    client_id=client_id,
+                    detail=failure.description or "",
+                )
                 err.status = failure.status
+                if failure.error is not None:
+                    err.error = failure.error
+                if failure.description is not None:
+                    err.description = f"AADSTS{failure.aadsts}: {failure.description}"
                 self._entra_error(err, headers)
             else:
                 self._send_json(
@@ -403,6 +455,8 @@ class Handler(BaseHTTPRequestHandler):
         client = tenant["clients"].get(client_id)
         if client is None:
             raise TokenError(700016, tenant=tenant_name, client_id=client_id)
+        if client.get("service_principal") is False:
+            raise TokenError(7000229, tenant=tenant_name, client_id=client_id)
         if client.get("disabled"):
             raise TokenError(7000112, tenant=tenant_name, client_id=client_id)
         scope = form.get("scope", "")
@@ -450,6 +504,8 @@ class Handler(BaseHTTPRequestHandler):
                 tenant_id, tenant_name, client_id, client, assertion, header
             )
         issuer = str(unverified.get("iss", ""))
+        if client.get("federated_detail"):
+            self._federated_mismatch(tenant_name, client_id, client, unverified)
         for fed in client.get("federated", []):
             if fed["issuer"] != issuer:
                 continue
@@ -471,6 +527,30 @@ class Handler(BaseHTTPRequestHandler):
             if claims.get("sub") == fed["subject"]:
                 return "federated"
         raise TokenError(70021, tenant=tenant_name, client_id=client_id, detail=issuer)
+
+    @staticmethod
+    def _federated_mismatch(
+        tenant_name: str, client_id: str, client: dict[str, Any], claims: dict[str, Any]
+    ) -> None:
+        """Entra's specific refusals: the first of issuer, audience, subject no record has."""
+        records = client.get("federated", [])
+        aud = claims.get("aud")
+        audiences = [aud] if isinstance(aud, str) else list(aud or [])
+        checks = (
+            (700211, "iss", lambda fed: fed["issuer"] == claims.get("iss")),
+            (
+                700212,
+                "aud",
+                lambda fed: fed.get("audience", FEDERATED_AUDIENCE) in audiences,
+            ),
+            (700213, "sub", lambda fed: fed["subject"] == claims.get("sub")),
+        )
+        for code, claim, matches in checks:
+            records = [fed for fed in records if matches(fed)]
+            if not records:
+                shown = claims.get(claim)
+                detail = ", ".join(map(str, shown)) if isinstance(shown, list) else str(shown)
+                raise TokenError(code, tenant=tenant_name, client_id=client_id, detail=detail)
 
     def _check_certificate_assertion(  # noqa: PLR0917 - one call site, all context it needs
         self,
@@ -555,6 +635,8 @@ class Handler(BaseHTTPRequestHandler):
                     delay=float(data.get("delay", 0)),
                     retry_after=data.get("retry_after"),
                     tenant=data.get("tenant"),
+                    error=data.get("error"),
+                    description=data.get("description"),
                 )
                 if failure.count is None and failure.until is None:
                     failure.count = 1
