@@ -31,7 +31,6 @@ from typing import Any, Final
 from imapclient import IMAPClient, imap_utf7
 from imapclient.datetime_util import format_criteria_date
 from imapclient.exceptions import LoginError
-from imapclient.response_parser import parse_fetch_response
 
 from daemon.auth.hints import mailbox_grant_hint, token_object_id
 from daemon.errors import (
@@ -48,7 +47,7 @@ from daemon.errors import (
     TokenExpiredOnServer,
 )
 from daemon.imap import fetch_reader
-from daemon.imap.fetch_parser import parse_fetch, parse_records
+from daemon.imap.fetch_parser import general_entries, parse_records
 from daemon.imap.parse import FETCH_ITEMS
 from daemon.ports import IdleStart
 from daemon.sync.algorithm import ServerFolder
@@ -397,19 +396,7 @@ class ImapMailbox:
             typ, data = self._imap.uid("FETCH", *args)
             if typ != "OK":
                 raise imaplib.IMAP4.error(f"UID FETCH returned {typ}: {_response_text(data)}")
-            # Keyed by sequence number, so that an unsolicited FETCH without UID (a flag
-            # change the server reports on its own) cannot pass for the message of that UID.
-            try:
-                parsed = parse_fetch(data)
-            except ValueError:
-                # Something the fast parser does not know: imapclient's general parser.
-                parsed = parse_fetch_response(data, normalise_times=False, uid_is_key=False)
-        out: dict[int, dict[bytes, Any]] = {}
-        for entry in parsed.values():
-            uid = entry.get(b"UID")
-            if isinstance(uid, int):
-                out.setdefault(uid, {}).update(entry)
-        return out
+            return general_entries(data)
 
     def _search_from(self, uid: int, *criteria: str) -> list[int]:
         low = max(int(uid), 1)

@@ -98,7 +98,6 @@ class LeaseKeeper:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._last_round = monotonic()
 
     @property
     def round_seconds(self) -> float:
@@ -124,10 +123,6 @@ class LeaseKeeper:
         with self._lock:
             token = self._held.get(mailbox)
         return None if token is None else Fence(mailbox, self._replica, token)
-
-    def owned(self) -> frozenset[str]:
-        with self._lock:
-            return frozenset(self._held)
 
     def _hand_over(self, mailboxes: Iterable[str]) -> None:
         """Drop leases from the held set; the caller holds the lock and calls _apply after."""
@@ -188,7 +183,6 @@ class LeaseKeeper:
     def round(self) -> None:
         """Heartbeat, renew, move towards the fair share; a database failure waits a round."""
         started = self._monotonic()
-        self._last_round = started
         try:
             self._round(started)
         except MailsyncError as exc:
