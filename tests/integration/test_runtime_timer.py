@@ -234,3 +234,51 @@ def test_reconcile_on_the_running_timer_starts_added_and_stops_removed_mailboxes
     with lock:
         # At most a poll that had already started when it was removed.
         assert polls[first.address] <= stopped_at + 1
+
+
+# -- the timer itself: wake-ups ---------------------------------------------------------------
+@pytest.fixture
+def timer() -> Iterator[ApschedulerTimer]:
+    made = ApschedulerTimer(workers=4, log=get_logger("test"))
+    made.start()
+    yield made
+    assert made.stop(timeout=10)
+
+
+Recorder = tuple[dict[str, float], threading.Condition, Callable[[str], Callable[[], None]]]
+
+
+def _recorder() -> Recorder:
+    ran: dict[str, float] = {}
+    changed = threading.Condition()
+
+    def job(key: str) -> Callable[[], None]:
+        def run() -> None:
+            with changed:
+                ran[key] = time.time()
+                changed.notify_all()
+
+        return run
+
+    return ran, changed, job
+
+
+def test_a_job_due_after_the_planned_wake_up_does_not_wake_the_scheduler(
+    timer: ApschedulerTimer,
+) -> None:
+    scheduler = timer._scheduler
+    ran, changed, job = _recorder()
+    now = time.time()
+    due = {"first": now + 1.0, "later": now + 2.0, "sooner": now + 0.3}
+    timer.call_at("first", due["first"], job("first"))
+    wait_for(lambda: scheduler._planned is not None, timeout=10, what="a planned wake-up")
+    woken = scheduler.wakeups
+    timer.call_at("later", due["later"], job("later"))  # after the plan: no wake-up
+    assert scheduler.wakeups == woken
+    timer.call_at("sooner", due["sooner"], job("sooner"))  # before it: wakes the scheduler
+    assert scheduler.wakeups == woken + 1
+    with changed:
+        assert changed.wait_for(lambda: len(ran) == 3, timeout=30), ran
+    assert ran["sooner"] < ran["first"] < ran["later"]
+    for key, when in due.items():
+        assert ran[key] >= when, key
